@@ -1,0 +1,46 @@
+"""edgevlm packaging.
+
+The base install is the runtime only (no torch). `export`/`train` add the PyTorch side,
+`dev` adds the test tools and oracles. torch is pinned to the CPU build that lies on this
+machine class's disk: a bare `torch` requirement would pull a multi-GB CUDA build.
+"""
+
+from setuptools import setup
+
+RUNTIME = [
+    "numpy>=1.24",
+    "onnxruntime>=1.20",
+    "pillow>=10.0",
+    "click>=8.1",
+    "tokenizers>=0.15",
+    "tqdm>=4.60",
+]
+TORCH_SIDE = ["torch==2.13.0", "onnx>=1.16", "onnxscript>=0.2", "safetensors>=0.4"]
+DEV = TORCH_SIDE + ["pytest>=7.0", "hypothesis>=6.0"]
+
+setup(
+    name="edgevlm",
+    version="0.1.0",
+    description="Edge-optimised vision-language model runtime: distil, quantise, export to ONNX, caption on CPU.",
+    python_requires=">=3.10",
+    packages=[
+        "edgevlm",
+        "edgevlm.runtime",
+        "edgevlm.models",
+        "edgevlm.data",
+        "edgevlm.train",
+        "edgevlm.eval",
+        "edgevlm.export",
+        "edgevlm.kernels",
+        "edgevlm.benchmarks",
+    ],
+    package_dir={
+        "edgevlm.export": "export",
+        "edgevlm.kernels": "kernels",
+        "edgevlm.benchmarks": "benchmarks",
+    },
+    package_data={"edgevlm": ["assets/default/*", "assets/samples/*"]},
+    install_requires=RUNTIME,
+    extras_require={"export": TORCH_SIDE, "train": TORCH_SIDE, "dev": DEV},
+    entry_points={"console_scripts": ["edgevlm=edgevlm.cli:main"]},
+)
