@@ -1,0 +1,74 @@
+"""Export the three graphs of a native edgevlm model to ONNX (torch.export based exporter).
+
+    vision_encoder.onnx  pixel_values [tiles, 3, H, W] -> image_embeds [tiles, T_img, D]
+    embed_tokens.onnx    input_ids [B, S] -> inputs_embeds [B, S, D]
+    decoder.onnx         inputs_embeds [B, S, D], position_ids [B, S],
+                         past.{i}.k / past.{i}.v [B, KVH, T, hd]
+                         -> logits [B, V] (last position), present.{i}.k / present.{i}.v [B, KVH, T, hd]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from edgevlm.models.vlm import VLM
+
+OPSET = 18
+
+
+def decoder_io_names(num_layers: int):
+    past = [f"past.{i}.{kv}" for i in range(num_layers) for kv in "kv"]
+    present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in "kv"]
+    return ["inputs_embeds", "position_ids", *past], ["logits", *present]
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes):
+    # The exporter prints progress and warns about optional torchvision ops; keep the user's
+    # terminal for our own progress bar and surface real failures as exceptions.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=OPSET, external_data=False,
+            verbose=False,
+        )
+
+
+def export_vision(model: VLM, path: Path) -> None:
+    cfg = model.cfg.vision
+    pixels = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    tiles = torch.export.Dim("tiles", min=1, max=64)
+    _export(model.vision, (pixels,), path, ["pixel_values"], ["image_embeds"], {"pixel_values": {0: tiles}})
+
+
+def export_embed(model: VLM, path: Path) -> None:
+    ids = torch.zeros(1, 4, dtype=torch.int64)
+    b, s = torch.export.Dim("batch"), torch.export.Dim("seq")
+    _export(model.decoder.embed_tokens, (ids,), path, ["input_ids"], ["inputs_embeds"], {"input": {0: b, 1: s}})
+
+
+def export_decoder(model: VLM, path: Path) -> None:
+    dec = model.decoder
+    b_n, s_n, t_n = 2, 3, 8  # example sizes, all different so no dimension gets specialised
+    embeds = torch.randn(b_n, s_n, dec.cfg.hidden_size)
+    positions = torch.arange(s_n)[None].expand(b_n, -1).contiguous()
+    cache = [t for kv in dec.empty_cache(b_n, t_n) for t in kv]
+    b, s, t = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("max_len")
+    shapes = {"inputs_embeds": {0: b, 1: s}, "position_ids": {0: b, 1: s},
+              "flat_cache": tuple({0: b, 2: t} for _ in cache)}
+    ins, outs = decoder_io_names(dec.cfg.num_layers)
+    _export(dec, (embeds, positions, *cache), path, ins, outs, shapes)
+
+
+EXPORTERS = {
+    "vision_encoder": export_vision,
+    "embed_tokens": export_embed,
+    "decoder": export_decoder,
+}

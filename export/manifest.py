@@ -1,0 +1,51 @@
+"""Write a bundle's edgevlm.json: everything the runtime needs besides the graph files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+
+from edgevlm import __version__
+from edgevlm.bundle import FORMAT_NAME, FORMAT_VERSION, GRAPHS, MANIFEST, sha256_file
+
+
+def graph_io(path: Path) -> dict:
+    """Names and shapes (symbolic dims as names) of a graph's inputs and outputs."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def shapes(values):
+        return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+    return {"inputs": shapes(model.graph.input), "outputs": shapes(model.graph.output)}
+
+
+def write_manifest(out: Path, *, architecture: str, config: dict, preprocess: dict, prompt: dict,
+                   special_tokens: dict, generation: dict, validation: dict, precision: str = "fp32") -> dict:
+    graphs = {}
+    for name in GRAPHS:
+        graphs[name] = {"file": f"{name}.onnx", "precision": precision, **graph_io(out / f"{name}.onnx")}
+    files = sorted([f"{g}.onnx" for g in GRAPHS] + ["tokenizer.json"])
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"edgevlm {__version__}",
+        "architecture": architecture,
+        "config": config,
+        "graphs": graphs,
+        "preprocess": preprocess,
+        "prompt": prompt,
+        "special_tokens": special_tokens,
+        "generation": generation,
+        "validation": validation,
+        "files": {name: sha256_file(out / name) for name in files},
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / MANIFEST)  # the manifest appears last, whole: a half-written bundle has none
+    return manifest
