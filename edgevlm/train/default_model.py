@@ -1,0 +1,93 @@
+"""Train the embedded default model from scratch on the scenes corpus and export it.
+
+    python -m edgevlm.train.default_model --steps 3000 --out runs/default
+    (then the bundle is written to edgevlm/assets/default and the sample images refreshed)
+
+The default model describes synthetic shape scenes (see edgevlm.data.scenes), not photos.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from edgevlm.config import TextConfig, VisionConfig, VLMConfig
+from edgevlm.data import scenes
+from edgevlm.data.scene_tokenizer import build_scene_tokenizer
+from edgevlm.image import PreprocessConfig
+from edgevlm.prompt import PromptConfig, Prompter
+from edgevlm.runtime.generate import GenerationConfig
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+MAX_CAPTION_TOKENS = 32
+
+
+def default_setup():
+    """(model config, tokenizer, prompt config, preprocessing, generation defaults)."""
+    tokenizer = build_scene_tokenizer()
+    pre = PreprocessConfig(tile_size=scenes.IMAGE_SIZE, longest_edge=scenes.IMAGE_SIZE, do_split=False)
+    vision = VisionConfig(image_size=scenes.IMAGE_SIZE, patch_size=8, hidden_size=128, num_layers=3,
+                          num_heads=4, intermediate_size=512)
+    cfg = VLMConfig(vision=vision, text=TextConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=192, num_layers=4,
+                                                   num_heads=6, num_kv_heads=2, intermediate_size=512,
+                                                   max_position_embeddings=128),
+                    image_token_id=tokenizer.token_to_id("<image>"))
+    prompt = PromptConfig(template="{image}<|caption|>", image_seq_len=cfg.image_seq_len)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    gen = GenerationConfig(max_new_tokens=MAX_CAPTION_TOKENS, eos_token_ids=(eos,))
+    return cfg, tokenizer, prompt, pre, gen
+
+
+def special_tokens(tokenizer) -> dict:
+    return {"eos": [tokenizer.token_to_id("<|endoftext|>")], "pad": tokenizer.token_to_id("<pad>"),
+            "image": tokenizer.token_to_id("<image>")}
+
+
+def write_samples(out: Path, count: int = 8) -> list[Path]:
+    """Sample images: the first scenes of the test split (never trained on)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, scene in enumerate(scenes.split("test", count)):
+        path = out / f"scene_{i:02d}.png"
+        scenes.render(scene).save(path)
+        paths.append(path)
+    return paths
+
+
+@click.command()
+@click.option("--steps", default=3000, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--out", "run_dir", default="runs/default", show_default=True, type=click.Path(path_type=Path))
+@click.option("--bundle", default=str(ASSETS / "default"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+def main(steps, batch_size, lr, threads, run_dir, bundle, resume):
+    """Train the default model from scratch, then export it as the embedded bundle."""
+    from edgevlm.export.to_onnx import export_bundle
+    from edgevlm.models.vlm import VLM
+    from edgevlm.train.scenes_data import SceneBatches
+    from edgevlm.train.train import TrainConfig, train
+
+    torch.set_num_threads(threads)
+    cfg, tokenizer, prompt, pre, gen = default_setup()
+    torch.manual_seed(0)
+    model = VLM(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"default model: {n_params / 1e6:.2f} M parameters, {cfg.image_seq_len} image tokens")
+    batches = SceneBatches(Prompter(tokenizer, prompt), pre, eos_id=gen.eos_token_ids[0],
+                           pad_id=tokenizer.token_to_id("<pad>"), batch_size=batch_size)
+    t0 = time.time()
+    train(model, batches, TrainConfig(steps=steps, lr=lr), run_dir, resume=resume)
+    print(f"training wall time: {time.time() - t0:.0f} s ({threads} threads)")
+    export_bundle(model, tokenizer, bundle, preprocess=pre.to_dict(), prompt=prompt.to_dict(),
+                  special_tokens=special_tokens(tokenizer), generation=gen.to_dict(), overwrite=True)
+    write_samples(ASSETS / "samples")
+    print(f"bundle written to {bundle}")
+
+
+if __name__ == "__main__":
+    main()
