@@ -17,6 +17,15 @@ from edgevlm.models.projector import Projector
 from edgevlm.models.vision import VisionEncoder
 
 
+def _init_weights(module: nn.Module) -> None:
+    """Small-normal init (std 0.02, GPT-2 style). Matters for tied embeddings: with
+    nn.Embedding's default N(0, 1) the initial logits are ~sqrt(D) and training starts badly."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
 class VisionTower(nn.Module):
     """Vision encoder + projector as one module: the vision_encoder graph."""
 
@@ -35,6 +44,7 @@ class VLM(nn.Module):
         self.cfg = cfg
         self.vision = VisionTower(cfg, attention)
         self.decoder = Decoder(cfg.text, attention)
+        self.apply(_init_weights)
 
     def encode_images(self, pixel_values):
         return self.vision(pixel_values)

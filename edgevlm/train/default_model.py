@@ -80,6 +80,8 @@ def main(steps, batch_size, lr, threads, run_dir, bundle, resume):
     print(f"default model: {n_params / 1e6:.2f} M parameters, {cfg.image_seq_len} image tokens")
     batches = SceneBatches(Prompter(tokenizer, prompt), pre, eos_id=gen.eos_token_ids[0],
                            pad_id=tokenizer.token_to_id("<pad>"), batch_size=batch_size)
+    from edgevlm.models.loaders.native import write_export_info
+    write_export_info(run_dir, tokenizer, prompt, pre, gen, special_tokens(tokenizer))
     t0 = time.time()
     train(model, batches, TrainConfig(steps=steps, lr=lr), run_dir, resume=resume)
     print(f"training wall time: {time.time() - t0:.0f} s ({threads} threads)")

@@ -1,0 +1,182 @@
+"""The `edgevlm` command line: caption | export | info | bench.
+
+User errors print one line on stderr and exit with code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgevlm.errors import EdgeVLMError
+
+
+class _Group(click.Group):
+    """Turns EdgeVLMError (and Ctrl-C) into one line + exit code, for every command."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeVLMError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgevlm")
+def main():
+    """edgevlm: caption images on-device with compact vision-language models.
+
+    \b
+    Example:
+      edgevlm caption photo.png              # the embedded default model
+      edgevlm caption *.png --model bundle/ --json
+    """
+
+
+def _stream_printer(prompter):
+    """on_token callback printing the new text as it grows (decode the prefix, print the delta)."""
+    ids, printed = [], [""]
+
+    def on_token(token_id: int) -> None:
+        ids.append(token_id)
+        text = prompter.decode(ids)
+        if text.startswith(printed[0]):
+            sys.stdout.write(text[len(printed[0]):])
+            sys.stdout.flush()
+            printed[0] = text
+
+    return on_token
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), help="Bundle directory (default: the embedded model).")
+@click.option("--prompt", help="Instruction text, for models that take one.")
+@click.option("--max-new-tokens", type=int, help="Tokens to generate at most (default from the bundle; cap 1024).")
+@click.option("--num-beams", type=int, help="Beam search width (1 = greedy).")
+@click.option("--temperature", type=float, help="Sample at this temperature (turns sampling on).")
+@click.option("--top-k", type=int, help="Sample from the k most likely tokens (turns sampling on).")
+@click.option("--top-p", type=float, help="Nucleus sampling mass (turns sampling on).")
+@click.option("--repetition-penalty", type=float, help="Penalise tokens already seen (>1 discourages repeats).")
+@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--split/--no-split", default=None, help="Tile large images like the reference processor (default from the bundle).")
+@click.option("--threads", type=int, default=0, help="Threads for ONNX Runtime (0 = all cores).")
+@click.option("--timeout", type=float, help="Give up on one caption after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image (caption, tokens, timings).")
+@click.option("--stream", is_flag=True, help="Print the caption token by token as it is generated.")
+def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, top_k, top_p,
+            repetition_penalty, seed, split, threads, timeout, as_json, stream):
+    """Caption one or more images.
+
+    \b
+    Examples:
+      edgevlm caption scene.png
+      edgevlm caption a.png b.jpg --model my_bundle/ --num-beams 3 --json
+      edgevlm caption scene.png --temperature 0.8 --top-p 0.9 --seed 1
+    """
+    import edgevlm
+
+    vlm = edgevlm.load(model_dir, threads=threads)
+    sampling = any(v is not None for v in (temperature, top_k, top_p))
+    gen = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature, top_k=top_k,
+               top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, do_sample=True if sampling else None)
+    vlm.generation_config(**gen)  # validate options once, before any image is read
+    failures = 0
+    for image in images:
+        name = str(image)
+        try:
+            on_token = _stream_printer(vlm.prompter) if stream and not as_json else None
+            if on_token and len(images) > 1:
+                click.echo(f"{name}: ", nl=False)
+            result = vlm.run(image, prompt, split=split, on_token=on_token, timeout=timeout, **gen)
+        except EdgeVLMError as exc:
+            failures += 1
+            if as_json:
+                click.echo(json.dumps({"image": name, "error": str(exc)}))
+            else:
+                click.echo(f"error: {exc}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps({"image": name, "caption": result.text, "tokens": len(result.token_ids),
+                                   "prompt_tokens": result.prompt_tokens, "tiles": result.tiles,
+                                   "timings_ms": result.timings_ms}))
+        elif on_token:
+            click.echo("")
+        else:
+            click.echo(f"{name}: {result.text}" if len(images) > 1 else result.text)
+    if failures:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(bundle, as_json):
+    """Show what a bundle holds (default: the embedded model).
+
+    \b
+    Example:
+      edgevlm info my_bundle/
+    """
+    from edgevlm.bundle import describe, open_bundle
+
+    summary = describe(open_bundle(bundle))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"bundle        {summary['path']}")
+    click.echo(f"format        {summary['format']}")
+    click.echo(f"architecture  {summary['architecture']}")
+    click.echo(f"size          {summary['size_mb']} MB")
+    for graph, precision in summary["precision"].items():
+        diff = summary["validation"].get(graph, {}).get("max_abs_diff")
+        check = f"  (validated: max |onnx - torch| = {diff:.1e})" if diff is not None else ""
+        click.echo(f"  {graph:15s} {precision}{check}")
+    text, vision = summary["config"]["text"], summary["config"]["vision"]
+    click.echo(f"vision        {vision['image_size']}px, patch {vision['patch_size']}, {vision['num_layers']} layers x {vision['hidden_size']}")
+    click.echo(f"text          {text['num_layers']} layers x {text['hidden_size']}, {text['num_heads']} heads / "
+               f"{text['num_kv_heads']} kv, vocab {text['vocab_size']}, context {text['max_position_embeddings']}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export(checkpoint, out, overwrite):
+    """Export a checkpoint directory to an ONNX bundle (needs the `export` extra).
+
+    \b
+    Example:
+      edgevlm export runs/default -o my_bundle/
+    """
+    try:
+        from edgevlm.export.to_onnx import export_bundle
+        from edgevlm.models.registry import load_checkpoint
+    except ImportError as exc:
+        raise EdgeVLMError(f"export needs the export extra ({exc.name} is missing): pip install 'edgevlm[export]'") from None
+    ckpt = load_checkpoint(checkpoint)
+    manifest = export_bundle(ckpt.model, ckpt.tokenizer, out, preprocess=ckpt.preprocess.to_dict(),
+                             prompt=ckpt.prompt.to_dict(), special_tokens=ckpt.special_tokens,
+                             generation=ckpt.generation.to_dict(), overwrite=overwrite)
+    diffs = ", ".join(f"{g} {v['max_abs_diff']:.1e}" for g, v in manifest["validation"].items())
+    click.echo(f"wrote {out} (validated against PyTorch: {diffs})")
+
+
+def _register_bench():
+    from edgevlm.bench_cli import bench
+
+    main.add_command(bench)
+
+
+_register_bench()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Checkpoint loaders, one file per checkpoint family, each registered in models.registry."""
