@@ -16,7 +16,8 @@ RUNTIME = [
     "tqdm>=4.60",
 ]
 TORCH_SIDE = ["torch==2.13.0", "onnx>=1.16", "onnxscript>=0.2", "safetensors>=0.4"]
-DEV = TORCH_SIDE + ["pytest>=7.0", "hypothesis>=6.0"]
+# transformers is the reference oracle in tests only (never imported by edgevlm itself)
+DEV = TORCH_SIDE + ["pytest>=7.0", "hypothesis>=6.0", "transformers>=4.50"]
 
 setup(
     name="edgevlm",

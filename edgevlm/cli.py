@@ -169,13 +169,15 @@ def export(checkpoint, out, overwrite):
     click.echo(f"wrote {out} (validated against PyTorch: {diffs})")
 
 
-def _register_bench():
+def _register_commands():
     from edgevlm.bench_cli import bench
+    from edgevlm.eval_cli import eval_command
 
     main.add_command(bench)
+    main.add_command(eval_command)
 
 
-_register_bench()
+_register_commands()
 
 
 if __name__ == "__main__":
