@@ -6,7 +6,8 @@
       vision_encoder.onnx   embed_tokens.onnx   decoder.onnx   tokenizer.json
 
 A bundle is refused, with a one-line BundleError, when its format or version is unknown,
-a file is missing or outside the directory, or a file's sha256 does not match.
+a file is missing or outside the directory, or a file's sha256 does not match. (A graph's
+external data is checked where ONNX Runtime reads it: edgevlm.runtime.sessions.)
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Bundle:
 
 def _inside(root: Path, name: str) -> Path:
     """Resolve a manifest file name, refusing anything that leaves the bundle directory."""
-    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    if (not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute()
+            or ".." in Path(name).parts):
         raise BundleError(f"bundle lists an unsafe file name {name!r}")
     path = root / name
     if path.is_symlink() or root.resolve() not in path.resolve().parents:
@@ -87,12 +89,13 @@ def open_bundle(path=None, verify: bool = True) -> Bundle:
     """Read the manifest and (by default) check every listed file's sha256."""
     path = Path(path) if path is not None else default_bundle_path()
     manifest = read_manifest(path)
-    files = manifest["files"]
-    if not isinstance(files, dict):
+    files, graphs = manifest["files"], manifest["graphs"]
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise BundleError(f"{MANIFEST}: 'files' must map file names to sha256")
-    needed = {manifest["graphs"][g]["file"] for g in GRAPHS if g in manifest["graphs"]} | {"tokenizer.json"}
-    if set(manifest["graphs"]) != set(GRAPHS):
-        raise BundleError(f"{MANIFEST}: graphs must be exactly {', '.join(GRAPHS)}")
+    if not isinstance(graphs, dict) or set(graphs) != set(GRAPHS) or not all(
+            isinstance(graphs[g], dict) and isinstance(graphs[g].get("file"), str) for g in GRAPHS):
+        raise BundleError(f"{MANIFEST}: graphs must be exactly {', '.join(GRAPHS)}, each with a 'file'")
+    needed = {graphs[g]["file"] for g in GRAPHS} | {"tokenizer.json"}
     unlisted = sorted(needed - set(files))
     if unlisted:
         raise BundleError(f"{MANIFEST} lists no checksum for {', '.join(unlisted)}")

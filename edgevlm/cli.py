@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edgevlm.errors import EdgeVLMError
+from edgevlm.errors import ConfigError, EdgeVLMError
 
 
 class _Group(click.Group):
@@ -37,6 +37,7 @@ def main():
     Example:
       edgevlm caption photo.png              # the embedded default model
       edgevlm caption *.png --model bundle/ --json
+      edgevlm caption photos/ --out results.jsonl --resume
     """
 
 
@@ -56,7 +57,7 @@ def _stream_printer(prompter):
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), help="Bundle directory (default: the embedded model).")
 @click.option("--prompt", help="Instruction text, for models that take one.")
 @click.option("--max-new-tokens", type=int, help="Tokens to generate at most (default from the bundle; cap 1024).")
@@ -71,31 +72,45 @@ def _stream_printer(prompter):
 @click.option("--timeout", type=float, help="Give up on one caption after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (caption, tokens, timings).")
 @click.option("--stream", is_flag=True, help="Print the caption token by token as it is generated.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Append one JSON line per image to this file as soon as it is done (progress bar on stderr).")
+@click.option("--resume", is_flag=True, help="With --out: skip the images the file already records.")
 def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, top_k, top_p,
-            repetition_penalty, seed, split, threads, timeout, as_json, stream):
-    """Caption one or more images.
+            repetition_penalty, seed, split, threads, timeout, as_json, stream, out, resume):
+    """Caption images: files, directories or glob patterns.
 
     \b
     Examples:
       edgevlm caption scene.png
       edgevlm caption a.png b.jpg --model my_bundle/ --num-beams 3 --json
       edgevlm caption scene.png --temperature 0.8 --top-p 0.9 --seed 1
+      edgevlm caption photos/ 'more/**/*.jpg' --out results.jsonl --resume
     """
-    import edgevlm
+    from edgevlm.batch import ResultsFile, expand_inputs
 
-    vlm = edgevlm.load(model_dir, threads=threads)
+    if resume and out is None:
+        raise ConfigError("--resume needs --out FILE (the results file to continue)")
+    if stream and out is not None:
+        raise ConfigError("--stream prints to the terminal; it cannot be combined with --out")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    paths = expand_inputs(images)
     sampling = any(v is not None for v in (temperature, top_k, top_p))
     gen = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature, top_k=top_k,
                top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, do_sample=True if sampling else None)
-    vlm.generation_config(**gen)  # validate options once, before any image is read
+    if out is not None:
+        with ResultsFile(out, resume=resume) as results:  # refuse a used file before loading the model
+            vlm = _load_model(model_dir, threads, gen)
+            _caption_to_file(paths, results, lambda p: _record(vlm.run(p, prompt, split=split, timeout=timeout, **gen)))
+        return
+    vlm = _load_model(model_dir, threads, gen)
     failures = 0
-    for image in images:
-        name = str(image)
+    for name in paths:
         try:
             on_token = _stream_printer(vlm.prompter) if stream and not as_json else None
-            if on_token and len(images) > 1:
+            if on_token and len(paths) > 1:
                 click.echo(f"{name}: ", nl=False)
-            result = vlm.run(image, prompt, split=split, on_token=on_token, timeout=timeout, **gen)
+            result = vlm.run(name, prompt, split=split, on_token=on_token, timeout=timeout, **gen)
         except EdgeVLMError as exc:
             failures += 1
             if as_json:
@@ -104,14 +119,42 @@ def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, t
                 click.echo(f"error: {exc}", err=True)
             continue
         if as_json:
-            click.echo(json.dumps({"image": name, "caption": result.text, "tokens": len(result.token_ids),
-                                   "prompt_tokens": result.prompt_tokens, "tiles": result.tiles,
-                                   "timings_ms": result.timings_ms}))
+            click.echo(json.dumps({"image": name, **_record(result)}))
         elif on_token:
             click.echo("")
         else:
-            click.echo(f"{name}: {result.text}" if len(images) > 1 else result.text)
+            click.echo(f"{name}: {result.text}" if len(paths) > 1 else result.text)
     if failures:
+        sys.exit(2)
+
+
+def _load_model(model_dir, threads, gen):
+    import edgevlm
+
+    vlm = edgevlm.load(model_dir, threads=threads)
+    vlm.generation_config(**gen)  # validate options once, before any image is read
+    return vlm
+
+
+def _record(result) -> dict:
+    """The fields of one image's --json / --out record."""
+    return {"caption": result.text, "tokens": len(result.token_ids), "prompt_tokens": result.prompt_tokens,
+            "tiles": result.tiles, "timings_ms": result.timings_ms}
+
+
+def _caption_to_file(paths, results, caption_one) -> None:
+    """--out: records go to the file, a progress bar and a summary to stderr; exit 2 if any image failed."""
+    from edgevlm.batch import run_batch, shown_path
+
+    name = shown_path(str(results.path))
+    try:
+        summary = run_batch(paths, results, caption_one)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; the finished records are in {name} (add --resume to continue)", err=True)
+        sys.exit(130)
+    click.echo(f"{summary.captioned} captioned, {summary.failed} failed, {summary.skipped} already done: {name}",
+               err=True)
+    if summary.failed:
         sys.exit(2)
 
 

@@ -7,6 +7,7 @@ is in a VLMConfig, and a bundle's edgevlm.json carries it whole.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 from edgevlm.errors import ConfigError
@@ -36,6 +37,12 @@ def _from_dict(cls, data):
     return obj
 
 
+_SCALAR_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
+_MAY_BE_ZERO = {"image_token_id"}  # every other int field is a size or a count
+_INT_LIMIT = 1 << 24  # no size of a model this runtime can run comes near
+_INT_LIMITS = {"num_layers": 1024}  # a loop builds / binds each layer: keep a typo from taking hours
+
+
 class _Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -48,10 +55,21 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
+        """Types as declared (an int field takes no bool or float), finite floats, and sizes >= 1
+        (a hostile or hand-edited config must not reach a division, a shape or an allocation)."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-                raise ConfigError(f"{type(self).__name__}.{f.name} must be >= 0, got {value}")
+            expected = _SCALAR_TYPES.get(f.type)
+            if expected is None:  # a nested config, validated on its own
+                continue
+            if not isinstance(value, expected) or (f.type != "bool" and isinstance(value, bool)):
+                raise ConfigError(f"{type(self).__name__}.{f.name} must be of type {f.type}, got {value!r}")
+            if f.type == "float" and not math.isfinite(value):
+                raise ConfigError(f"{type(self).__name__}.{f.name} must be finite, got {value}")
+            if f.type == "int":
+                low, high = (0 if f.name in _MAY_BE_ZERO else 1), _INT_LIMITS.get(f.name, _INT_LIMIT)
+                if not low <= value <= high:
+                    raise ConfigError(f"{type(self).__name__}.{f.name} must be in {low}..{high}, got {value}")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     name = _display_name(source)
     try:
         with warnings.catch_warnings():
+            # Pillow's UserWarnings are about metadata it skipped (corrupt EXIF, oversized tags): the
+            # pixels are still decoded, and a warning would print extra lines on the command line
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, Image.Image):
                 return _finish(source, name, max_pixels)
@@ -99,8 +102,8 @@ def _finish(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
         raise ImageError(
             f"{name}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)  # first frame of an animated GIF / WebP or multi-page TIFF
+    if im.tell() != 0:  # first frame of an animated GIF / WebP or multi-page TIFF (not n_frames:
+        im.seek(0)      # counting frames walks the whole file)
     im.load()  # decode now: truncated data fails here, inside the error handling
     im = ImageOps.exif_transpose(im)  # returns a new image (a copy when no orientation tag)
     return to_rgb(im)
@@ -168,18 +171,27 @@ class PreprocessConfig:
     max_tiles: int = 16  # hard cap on rows * cols, checked before any pixel work
 
     def __post_init__(self):
-        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
-        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+        try:
+            object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
+            object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+        except (TypeError, ValueError):
+            raise ConfigError("preprocess mean and std must be lists of 3 numbers") from None
         for key in ("tile_size", "longest_edge", "max_tiles"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"preprocess {key} must be a positive integer, got {value!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise ConfigError("preprocess mean and std must have 3 values each, std non-zero")
-        if self.resample not in _RESAMPLE:
+        # magnitudes that keep the float32 normalisation finite (no overflow / divide warnings)
+        if not all(abs(m) <= 1e6 for m in self.mean) or not all(1e-6 <= abs(s) <= 1e6 for s in self.std):
+            raise ConfigError("preprocess mean must be within +-1e6 and std within 1e-6..1e6 in magnitude")
+        if not isinstance(self.resample, str) or self.resample not in _RESAMPLE:
             raise ConfigError(f"preprocess resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
-        if not (isinstance(self.rescale_factor, (int, float)) and self.rescale_factor > 0):
-            raise ConfigError(f"preprocess rescale_factor must be positive, got {self.rescale_factor!r}")
+        if not (isinstance(self.rescale_factor, (int, float)) and not isinstance(self.rescale_factor, bool)
+                and 0 < self.rescale_factor <= 1e6):
+            raise ConfigError(f"preprocess rescale_factor must be in (0, 1e6], got {self.rescale_factor!r}")
+        if not isinstance(self.do_split, bool):
+            raise ConfigError(f"preprocess do_split must be true or false, got {self.do_split!r}")
         if self.max_tiles > MAX_TILES_LIMIT:
             raise ConfigError(f"preprocess max_tiles must be at most {MAX_TILES_LIMIT}, got {self.max_tiles}")
         if self.do_split and image_tiling.max_grid(self.longest_edge, self.tile_size) > self.max_tiles:
@@ -195,6 +207,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"preprocess config must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -27,11 +27,26 @@ class PromptConfig:
     image_seq_len: int = 36  # image tokens per tile
     add_special_tokens: bool = False  # let the tokenizer add e.g. a BOS token
 
+    def __post_init__(self):
+        for name in ("template", "default_prompt", "image_token", "fake_image_token", "global_image_token"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"prompt config {name} must be a string, got {getattr(self, name)!r}")
+        if "{image}" not in self.template or not self.image_token:
+            raise ConfigError("prompt config template must contain {image} and image_token must not be empty")
+        seq = self.image_seq_len
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= 1 << 16:
+            raise ConfigError(f"prompt config image_seq_len must be an integer in 1..65536, got {self.image_seq_len!r}")
+        if not isinstance(self.add_special_tokens, bool):
+            raise ConfigError(f"prompt config add_special_tokens must be true or false, "
+                              f"got {self.add_special_tokens!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PromptConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"prompt config must be a mapping, got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"prompt config: unknown key(s) {', '.join(sorted(unknown))}")

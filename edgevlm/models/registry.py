@@ -47,7 +47,7 @@ def register(loader: Loader) -> Loader:
 def _ensure_builtin_loaders() -> None:
     # Importing the loader modules registers them; done here, explicitly, so registration
     # never depends on what the caller happened to import first.
-    from edgevlm.models.loaders import native  # noqa: F401
+    from edgevlm.models.loaders import native, smolvlm  # noqa: F401
 
 
 def supported() -> list[str]:

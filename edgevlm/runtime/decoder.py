@@ -20,13 +20,19 @@ class OnnxDecoder:
         self.max_len = max_len
         self.cache: KVCache | None = None
         self.pos = 0
+        self.logits: np.ndarray | None = None  # [B, V], reused by every run
+        self.step_embeds: np.ndarray | None = None  # [B, 1, D], reused by every step
+        self.step_ids: np.ndarray | None = None  # [B, 1]
+        self.step_positions: np.ndarray | None = None  # [B, 1]
 
     def _run(self, embeds: np.ndarray, positions: np.ndarray, rows: int) -> np.ndarray:
+        """One decoder run writing into preallocated buffers. The returned logits view is
+        overwritten by the next run (the generator consumes it before stepping again)."""
         binding = self.decoder.io_binding()
         binding.bind_cpu_input("inputs_embeds", embeds)
         binding.bind_cpu_input("position_ids", positions)
         self.cache.bind(binding, rows)
-        logits = np.empty((rows, self.cfg.vocab_size), dtype=np.float32)  # [B, V]
+        logits = self.logits[:rows]  # [rows, V]
         binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         self.decoder.run_with_iobinding(binding)
         self.cache.swap()
@@ -36,21 +42,29 @@ class OnnxDecoder:
         """Prefill the prompt once (batch 1), then give every row a copy of its cache."""
         cfg = self.cfg
         self.cache = KVCache(cfg.num_layers, batch_size, cfg.num_kv_heads, self.max_len, cfg.head_dim)
+        self.logits = np.empty((batch_size, cfg.vocab_size), dtype=np.float32)
+        self.step_embeds = np.empty((batch_size, 1, cfg.hidden_size), dtype=np.float32)
+        self.step_ids = np.empty((batch_size, 1), dtype=np.int64)
+        self.step_positions = np.empty((batch_size, 1), dtype=np.int64)
         s = self.prompt_embeds.shape[1]
         positions = np.arange(s, dtype=np.int64)[None]  # [1, S]
         logits = self._run(self.prompt_embeds, positions, rows=1)
         self.cache.replicate_first_row()
         self.pos = s
-        return np.repeat(logits, batch_size, axis=0)  # [B, V]
+        self.logits[1:] = logits  # every row starts from the same prompt
+        return self.logits
 
     def step(self, token_ids: np.ndarray) -> np.ndarray:
         if self.pos >= self.max_len:
             raise RuntimeError("KV cache is full")  # the generator's bounds make this unreachable
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)  # [B, 1]
-        (embeds,) = self.embed.run(None, {"input_ids": ids})  # [B, 1, D]
-        positions = np.full_like(ids, self.pos)  # [B, 1]
+        self.step_ids[:, 0] = token_ids  # [B, 1]
+        binding = self.embed.io_binding()
+        binding.bind_cpu_input("input_ids", self.step_ids)
+        binding.bind_ortvalue_output("inputs_embeds", ort.OrtValue.ortvalue_from_numpy(self.step_embeds))
+        self.embed.run_with_iobinding(binding)  # -> step_embeds [B, 1, D]
+        self.step_positions[:] = self.pos
         self.pos += 1
-        return self._run(embeds, positions, rows=ids.shape[0])
+        return self._run(self.step_embeds, self.step_positions, rows=self.step_ids.shape[0])
 
     def reorder(self, rows: np.ndarray) -> None:
         self.cache.reorder(np.asarray(rows))

@@ -24,6 +24,7 @@ from edgevlm.runtime import sampling
 
 MAX_NEW_TOKENS_CAP = 1024
 MAX_BEAMS = 16
+SCALE_MIN, SCALE_MAX = 1e-6, 1e6  # bounds on temperature and repetition_penalty
 _INACTIVE_BEAM_SCORE = -1e9  # start score of beams 1..k-1, so step 1 expands beam 0 only
 
 
@@ -58,16 +59,17 @@ class GenerationConfig:
             fail("num_beams", f"must be an integer in 1..{MAX_BEAMS}")
         if not isinstance(self.do_sample, bool):
             fail("do_sample", "must be true or false")
-        if not is_num(self.temperature) or not self.temperature > 0:
-            fail("temperature", "must be a number > 0")
+        # scaling bounds keep float32 logits finite (1e-6 .. 1e6 is far wider than any useful value)
+        if not is_num(self.temperature) or not SCALE_MIN <= self.temperature <= SCALE_MAX:
+            fail("temperature", f"must be a number in {SCALE_MIN:g}..{SCALE_MAX:g}")
         if not is_int(self.top_k) or self.top_k < 0:
             fail("top_k", "must be an integer >= 0 (0 turns it off)")
         if not is_num(self.top_p) or not 0 < self.top_p <= 1:
             fail("top_p", "must be a number in (0, 1] (1 turns it off)")
-        if not is_num(self.repetition_penalty) or not self.repetition_penalty > 0:
-            fail("repetition_penalty", "must be a number > 0 (1 turns it off)")
-        if not is_num(self.length_penalty) or not np.isfinite(self.length_penalty):
-            fail("length_penalty", "must be a finite number")
+        if not is_num(self.repetition_penalty) or not SCALE_MIN <= self.repetition_penalty <= SCALE_MAX:
+            fail("repetition_penalty", f"must be a number in {SCALE_MIN:g}..{SCALE_MAX:g} (1 turns it off)")
+        if not is_num(self.length_penalty) or not -10 <= self.length_penalty <= 10:  # len ** 10 stays finite
+            fail("length_penalty", "must be a number in -10..10")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             fail("seed", "must be a non-negative integer or null")
         if not isinstance(self.eos_token_ids, tuple) or not all(
@@ -88,6 +90,8 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationConfig":
         """Build and validate a config; an unknown key is a GenerationError naming it."""
+        if not isinstance(d, dict):
+            raise GenerationError(f"generation options must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         for key in d:
             if key not in known:
@@ -97,7 +101,7 @@ class GenerationConfig:
         d = dict(d)
         if "eos_token_ids" in d:
             eos = d["eos_token_ids"]
-            d["eos_token_ids"] = (eos,) if isinstance(eos, int) else tuple(eos)
+            d["eos_token_ids"] = (eos,) if isinstance(eos, int) else tuple(eos) if isinstance(eos, list) else eos
         config = cls(**d)
         config.validate()
         return config

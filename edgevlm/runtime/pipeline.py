@@ -14,12 +14,12 @@ import numpy as np
 
 from edgevlm.bundle import Bundle, open_bundle
 from edgevlm.config import VLMConfig
-from edgevlm.errors import GenerationError
+from edgevlm.errors import BundleError, GenerationError
 from edgevlm.image import PreprocessConfig, load_image, preprocess
 from edgevlm.prompt import PromptConfig, Prompter
 from edgevlm.runtime.decoder import OnnxDecoder
 from edgevlm.runtime.generate import GenerationConfig, generate
-from edgevlm.runtime.sessions import RuntimeOptions, open_sessions
+from edgevlm.runtime.sessions import ORT_ERRORS, RuntimeOptions, check_graphs, open_sessions, ort_message
 
 
 @dataclass
@@ -79,6 +79,7 @@ class VLM:
         self.prompter = Prompter.from_file(bundle.file("tokenizer.json"), PromptConfig.from_dict(m["prompt"]))
         self.generation = GenerationConfig.from_dict(m["generation"])
         self.sessions = open_sessions(bundle, options)
+        check_graphs(self.sessions, self.config, self.preprocess_config.tile_size)
         self.options = options
         self.load_ms = (time.perf_counter() - t) * 1000
 
@@ -112,12 +113,16 @@ class VLM:
                 f"prompt ({len(ids)} tokens) + max_new_tokens ({gen.max_new_tokens}) exceeds the model's "
                 f"context of {limit} tokens; shorten the prompt, lower --max-new-tokens or use --no-split")
         timer.lap("preprocess")
-        (image_embeds,) = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})  # [tiles, T_img, D]
-        timer.lap("vision_encode")
-        embeds = self.embed_prompt(np.asarray(ids, dtype=np.int64), image_embeds)
-        timer.lap("embed")
-        decoder = _TimedDecoder(OnnxDecoder(self.sessions, self.config.text, embeds, len(ids) + gen.max_new_tokens))
-        new_ids = generate(decoder, gen, prompt_ids=ids, on_token=on_token, deadline=deadline)
+        try:  # a graph that loaded but fails to run (a corrupt weight or attribute) is the bundle's fault
+            (image_embeds,) = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})  # [tiles, T_img, D]
+            timer.lap("vision_encode")
+            embeds = self.embed_prompt(np.asarray(ids, dtype=np.int64), image_embeds)
+            timer.lap("embed")
+            decoder = _TimedDecoder(OnnxDecoder(self.sessions, self.config.text, embeds, len(ids) + gen.max_new_tokens))
+            new_ids = generate(decoder, gen, prompt_ids=ids, on_token=on_token, deadline=deadline)
+        except ORT_ERRORS as exc:
+            raise BundleError(f"the model failed while running: {ort_message(exc, self.bundle.path)}; "
+                              f"the bundle may be corrupt") from None
         timer.lap("generate")
         text = self.prompter.decode(new_ids)
         timer.ms["prefill"] = round(decoder.prefill_s * 1000, 3)

@@ -1,14 +1,23 @@
-"""ONNX Runtime sessions for the three graphs of a bundle, with explicit options."""
+"""ONNX Runtime sessions for the three graphs of a bundle, with explicit options.
+
+Before a graph reaches ONNX Runtime its external data is checked (edgevlm.onnx_safety); once the
+sessions exist, `check_graphs` holds their inputs and outputs against the manifest's config, so a
+bundle whose edgevlm.json and graphs disagree fails at load with one line, not mid-caption.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from edgevlm.bundle import GRAPHS, Bundle
+from edgevlm.config import VLMConfig
 from edgevlm.errors import BundleError
+from edgevlm.onnx_safety import check_external_data
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,9 @@ def session_options(opts: RuntimeOptions) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = _LEVELS[opts.optimization]
-    so.log_severity_level = 3  # errors only: warnings about unused initializers are noise to a user
+    # fatal only: warnings about unused initializers are noise to a user, and an error reaches the user
+    # as our one-line BundleError (ORT's own log lines would make it several lines on stderr)
+    so.log_severity_level = 4
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.spinning else "0")
     return so
 
@@ -49,9 +60,65 @@ def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.Inferen
     sessions = {}
     for name in GRAPHS:
         path = bundle.graph_path(name)
+        # external data must be a listed (so checksummed) file inside the bundle, before ORT reads it
+        check_external_data(path, bundle.path, allowed=set(bundle.manifest["files"]))
         try:
-            sessions[name] = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+            # enable_fallback=0: on a failure, onnxruntime's wrapper would print an "EP Error" banner
+            # to stdout and retry with the same provider
+            sessions[name] = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"],
+                                                  enable_fallback=0)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types, all Exceptions
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BundleError(f"cannot load {path.name}: {first[:160]}") from None
+            raise BundleError(f"cannot load {path.name}: {ort_message(exc, bundle.path)}") from None
     return sessions
+
+
+# Every exception type onnxruntime raises (Fail, InvalidArgument, RuntimeException, ...; all plain Exceptions),
+# and UnicodeDecodeError: what its bindings raise instead when a name or message from a corrupt graph is not UTF-8.
+ORT_ERRORS = tuple(v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception)) + (
+    UnicodeDecodeError,)
+
+
+def ort_message(exc: BaseException, bundle_dir: Path) -> str:
+    """The first line of an onnxruntime error, without the machine's path of the bundle."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for prefix in {str(bundle_dir.resolve()), str(bundle_dir)}:
+        text = text.replace(prefix + os.sep, "").replace(prefix, ".")
+    return text[:200]
+
+
+def check_graphs(sessions: dict[str, ort.InferenceSession], cfg: VLMConfig, tile_size: int) -> None:
+    """The manifest's config must describe the graphs it ships with: every input the runtime binds
+    and output it reads, by name, element type and every static dimension. Raises BundleError."""
+    text = cfg.text
+    kv = ("tensor(float)", [None, text.num_kv_heads, None, text.head_dim])  # [B, KVH, T, hd]
+    expected = {
+        "vision_encoder": ({"pixel_values": ("tensor(float)", [None, 3, tile_size, tile_size])},
+                           {"image_embeds": ("tensor(float)", [None, cfg.image_seq_len, text.hidden_size])}),
+        "embed_tokens": ({"input_ids": ("tensor(int64)", [None, None])},
+                         {"inputs_embeds": ("tensor(float)", [None, None, text.hidden_size])}),
+        "decoder": ({"inputs_embeds": ("tensor(float)", [None, None, text.hidden_size]),
+                     "position_ids": ("tensor(int64)", [None, None]),
+                     **{f"past.{i}.{x}": kv for i in range(text.num_layers) for x in "kv"}},
+                    {"logits": ("tensor(float)", [None, text.vocab_size]),
+                     **{f"present.{i}.{x}": kv for i in range(text.num_layers) for x in "kv"}}),
+    }
+    for graph, (inputs, outputs) in expected.items():
+        session = sessions[graph]
+        try:
+            found = {kind: {v.name: (v.type, v.shape) for v in values}
+                     for kind, values in (("input", session.get_inputs()), ("output", session.get_outputs()))}
+        except ORT_ERRORS as exc:
+            raise BundleError(f"{graph}.onnx has unreadable input/output names ({type(exc).__name__})") from None
+        for kind, want in (("input", inputs), ("output", outputs)):
+            have = found[kind]
+            if set(have) != set(want):
+                odd = sorted(set(have) ^ set(want))
+                raise BundleError(f"{graph}.onnx does not match edgevlm.json: its {kind}s differ in "
+                                  f"{', '.join(repr(n[:60]) for n in odd[:4])}{' ...' if len(odd) > 4 else ''}")
+            for name, (dtype, dims) in want.items():
+                got_type, got_dims = have[name]
+                if got_type != dtype or len(got_dims) != len(dims) or any(
+                        isinstance(g, int) and w is not None and g != w for g, w in zip(got_dims, dims)):
+                    shown = [w if w is not None else "*" for w in dims]
+                    raise BundleError(f"{graph}.onnx does not match edgevlm.json: {kind} {name} is {got_type} "
+                                      f"{list(got_dims)}, the config needs {dtype} {shown}")

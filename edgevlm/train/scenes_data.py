@@ -1,7 +1,7 @@
-"""Training batches from the synthetic scenes corpus, prepared exactly as the runtime does.
+"""Training batches from caption datasets, prepared exactly as the runtime does.
 
 Pixels go through edgevlm.image.preprocess (the runtime's own code); prompts through
-edgevlm.prompt.Prompter. Targets are the canonical caption followed by <|endoftext|>.
+edgevlm.prompt.Prompter. Targets are a reference caption followed by <|endoftext|>.
 """
 
 from __future__ import annotations
@@ -10,34 +10,42 @@ import numpy as np
 import torch
 
 from edgevlm.data import scenes
-from edgevlm.image import PreprocessConfig, preprocess
+from edgevlm.data.datasets import CaptionItem
+from edgevlm.errors import ConfigError
+from edgevlm.image import PreprocessConfig, load_image, preprocess
 from edgevlm.prompt import Prompter
 
 IGNORE = -100  # label value that cross-entropy skips
 
 
-def encode_example(scene, prompter: Prompter, pre: PreprocessConfig, eos_id: int):
-    pixels, rows, cols = preprocess(scenes.render(scene, pre.tile_size), pre)  # [1, 3, H, W]
-    prompt_ids = prompter.encode(None, rows, cols)
-    caption_ids = prompter.tokenizer.encode(scenes.captions(scene)[0], add_special_tokens=False).ids + [eos_id]
-    return pixels[0], prompt_ids, caption_ids
+def item_image(item: CaptionItem):
+    return item.image() if callable(item.image) else load_image(item.image)
 
 
-class SceneBatches:
-    """Deterministic, endless batches over split(name): example i is scene i of the split."""
+class CaptionBatches:
+    """Deterministic, endless batches: batch `step` holds items step*B .. step*B+B-1 (mod N),
+    each with its first caption as the target."""
 
-    def __init__(self, prompter: Prompter, pre: PreprocessConfig, eos_id: int, pad_id: int,
-                 batch_size: int, split: str = "train", pool: int = 200_000):
-        self.prompter, self.pre = prompter, pre
+    def __init__(self, items: list[CaptionItem], prompter: Prompter, pre: PreprocessConfig, eos_id: int,
+                 pad_id: int, batch_size: int):
+        self.items, self.prompter, self.pre = items, prompter, pre
         self.eos_id, self.pad_id = eos_id, pad_id
         self.batch_size = batch_size
-        self.scenes = scenes.split(split, pool)
+
+    def encode(self, item: CaptionItem):
+        if not item.captions:
+            raise ConfigError("a training image has no caption; caption unlabeled images with a teacher first")
+        pixels, rows, cols = preprocess(item_image(item), self.pre)  # [tiles, 3, H, W]
+        if pixels.shape[0] != 1:
+            raise ConfigError("training uses single-tile images; set do_split=False in the preprocessing")
+        prompt_ids = self.prompter.encode(None, rows, cols)
+        caption_ids = self.prompter.tokenizer.encode(item.captions[0], add_special_tokens=False).ids + [self.eos_id]
+        return pixels[0], prompt_ids, caption_ids
 
     def batch(self, step: int):
         """Batch number `step`: (pixels [B, 3, H, W], input_ids [B, S], labels [B, S])."""
-        start = (step * self.batch_size) % len(self.scenes)
-        examples = [encode_example(self.scenes[(start + j) % len(self.scenes)], self.prompter, self.pre, self.eos_id)
-                    for j in range(self.batch_size)]
+        start = (step * self.batch_size) % len(self.items)
+        examples = [self.encode(self.items[(start + j) % len(self.items)]) for j in range(self.batch_size)]
         length = max(len(p) + len(c) for _, p, c in examples)
         ids = np.full((self.batch_size, length), self.pad_id, dtype=np.int64)
         labels = np.full((self.batch_size, length), IGNORE, dtype=np.int64)
@@ -48,3 +56,25 @@ class SceneBatches:
             labels[row, len(prompt) - 1:len(seq) - 1] = caption
         pixels = np.stack([px for px, _, _ in examples])
         return torch.from_numpy(pixels), torch.from_numpy(ids), torch.from_numpy(labels)
+
+
+class _LazyScenes:
+    """The first n scenes of a split as CaptionItems, rendered and captioned on access."""
+
+    def __init__(self, split: str, n: int):
+        self.scenes = scenes.split(split, n)
+
+    def __len__(self):
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> CaptionItem:
+        scene = self.scenes[i]
+        return CaptionItem(lambda: scenes.render(scene), tuple(scenes.captions(scene)))
+
+
+class SceneBatches(CaptionBatches):
+    """Batches over the first `pool` scenes of a split of the synthetic corpus."""
+
+    def __init__(self, prompter: Prompter, pre: PreprocessConfig, eos_id: int, pad_id: int,
+                 batch_size: int, split: str = "train", pool: int = 200_000):
+        super().__init__(_LazyScenes(split, pool), prompter, pre, eos_id, pad_id, batch_size)

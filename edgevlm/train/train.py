@@ -66,7 +66,9 @@ def load_checkpoint(out: Path, optimizer=None):
     return model, state["step"]
 
 
-def train(model: VLM, batches, tc: TrainConfig, out: Path, resume: bool = False, log=print) -> VLM:
+def train(model: VLM, batches, tc: TrainConfig, out: Path, resume: bool = False, log=print,
+          objective=caption_loss) -> VLM:
+    """objective(model, pixels, ids, labels) -> scalar loss (caption CE, or a DistillObjective)."""
     torch.manual_seed(tc.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -86,7 +88,7 @@ def train(model: VLM, batches, tc: TrainConfig, out: Path, resume: bool = False,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tc)
         pixels, ids, labels = batches.batch(step)
-        loss = caption_loss(model, pixels, ids, labels)
+        loss = objective(model, pixels, ids, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
