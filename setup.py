@@ -15,7 +15,8 @@ RUNTIME = [
     "tokenizers>=0.15",
     "tqdm>=4.60",
 ]
-TORCH_SIDE = ["torch==2.13.0", "onnx>=1.16", "onnxscript>=0.2", "safetensors>=0.4"]
+# jinja2 renders a checkpoint's chat template once, at export time (never in the runtime)
+TORCH_SIDE = ["torch==2.13.0", "onnx>=1.16", "onnxscript>=0.2", "safetensors>=0.4", "jinja2>=3.1"]
 # transformers is the reference oracle in tests only (never imported by edgevlm itself)
 DEV = TORCH_SIDE + ["pytest>=7.0", "hypothesis>=6.0", "transformers>=4.50"]
 

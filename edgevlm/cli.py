@@ -67,7 +67,9 @@ def _stream_printer(prompter):
 @click.option("--top-p", type=float, help="Nucleus sampling mass (turns sampling on).")
 @click.option("--repetition-penalty", type=float, help="Penalise tokens already seen (>1 discourages repeats).")
 @click.option("--seed", type=int, help="Random seed for sampling.")
-@click.option("--split/--no-split", default=None, help="Tile large images like the reference processor (default from the bundle).")
+@click.option("--split/--no-split", default=None, help="--split tiles large images exactly like the reference (Idefics3/SmolVLM) processor; "
+                   "--no-split encodes one downscaled tile: much faster, but a deviation from the reference "
+                   "(default from the bundle).")
 @click.option("--threads", type=int, default=0, help="Threads for ONNX Runtime (0 = all cores).")
 @click.option("--timeout", type=float, help="Give up on one caption after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (caption, tokens, timings).")
@@ -215,9 +217,12 @@ def export(checkpoint, out, overwrite):
 def _register_commands():
     from edgevlm.bench_cli import bench
     from edgevlm.eval_cli import eval_command
+    from edgevlm.train_cli import distill_command, train_command
 
     main.add_command(bench)
     main.add_command(eval_command)
+    main.add_command(train_command)
+    main.add_command(distill_command)
 
 
 _register_commands()

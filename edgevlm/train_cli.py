@@ -42,6 +42,8 @@ def _caption_unlabeled(items, teacher, prompter, pre, gen, out: Path):
     from edgevlm.image import preprocess
     from edgevlm.train.scenes_data import item_image
 
+    if not isinstance(items, list):  # the scenes corpus (lazy) is fully labeled
+        return items
     cache_path = out / "teacher_captions.jsonl"
     cache = {}
     if cache_path.exists():
@@ -172,7 +174,7 @@ def distill_command(teacher, student, temperature, alpha, init_from_teacher, dat
         click.echo(f"initialised {len(copy_layers(model, ckpt.model))} tensors from the teacher")
     click.echo(f"student: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; teacher: "
                f"{sum(p.numel() for p in ckpt.model.parameters()) / 1e6:.2f} M")
-    items = _caption_unlabeled(list(open_dataset(data)), ckpt.model, Prompter(ckpt.tokenizer, ckpt.prompt),
+    items = _caption_unlabeled(open_dataset(data), ckpt.model, Prompter(ckpt.tokenizer, ckpt.prompt),
                                ckpt.preprocess, ckpt.generation, out)
     objective = DistillObjective(ckpt.model, DistillConfig(temperature=temperature, alpha=alpha))
     _run(model, items, (ckpt.tokenizer, ckpt.prompt, ckpt.preprocess, ckpt.generation, ckpt.special_tokens),

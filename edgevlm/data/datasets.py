@@ -61,13 +61,26 @@ def read_folder(path: Path) -> list[CaptionItem]:
     return [CaptionItem(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def read_scenes(split: str, n: int) -> list[CaptionItem]:
-    from edgevlm.data import scenes
+class SceneItems:
+    """The first n scenes of a split as CaptionItems, rendered and captioned on access
+    (a list of 200k eagerly captioned scenes would take minutes to build)."""
 
-    def renderer(scene):
-        return lambda: scenes.render(scene)
+    def __init__(self, split: str, n: int):
+        from edgevlm.data import scenes
 
-    return [CaptionItem(renderer(s), tuple(scenes.captions(s))) for s in scenes.split(split, n)]
+        self._scenes = scenes
+        self.items = scenes.split(split, n)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> CaptionItem:
+        scene, scenes = self.items[i], self._scenes
+        return CaptionItem(lambda: scenes.render(scene), tuple(scenes.captions(scene)))
+
+
+def read_scenes(split: str, n: int) -> SceneItems:
+    return SceneItems(split, n)
 
 
 def open_dataset(spec: str, n: int = 20_000) -> list[CaptionItem]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgevlm.data import scenes
-from edgevlm.data.datasets import CaptionItem
+from edgevlm.data.datasets import CaptionItem, read_scenes
 from edgevlm.errors import ConfigError
 from edgevlm.image import PreprocessConfig, load_image, preprocess
 from edgevlm.prompt import Prompter
@@ -58,23 +57,9 @@ class CaptionBatches:
         return torch.from_numpy(pixels), torch.from_numpy(ids), torch.from_numpy(labels)
 
 
-class _LazyScenes:
-    """The first n scenes of a split as CaptionItems, rendered and captioned on access."""
-
-    def __init__(self, split: str, n: int):
-        self.scenes = scenes.split(split, n)
-
-    def __len__(self):
-        return len(self.scenes)
-
-    def __getitem__(self, i: int) -> CaptionItem:
-        scene = self.scenes[i]
-        return CaptionItem(lambda: scenes.render(scene), tuple(scenes.captions(scene)))
-
-
 class SceneBatches(CaptionBatches):
     """Batches over the first `pool` scenes of a split of the synthetic corpus."""
 
     def __init__(self, prompter: Prompter, pre: PreprocessConfig, eos_id: int, pad_id: int,
                  batch_size: int, split: str = "train", pool: int = 200_000):
-        super().__init__(_LazyScenes(split, pool), prompter, pre, eos_id, pad_id, batch_size)
+        super().__init__(read_scenes(split, pool), prompter, pre, eos_id, pad_id, batch_size)
