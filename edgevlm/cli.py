@@ -194,12 +194,18 @@ def info(bundle, as_json):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def export(checkpoint, out, overwrite):
+@click.option("--attention", type=click.Choice(["default", "fused"]), default="default", show_default=True,
+              help="fused: ONNX Runtime MultiHeadAttention (vision) and GroupQueryAttention with a "
+                   "shared KV buffer (decoder).")
+@click.option("--quant", type=click.Choice(["fp32", "int8", "int4"]), default="fp32", show_default=True,
+              help="int8: dynamic int8 vision + decoder MatMuls; int4: MatMulNBits decoder, int8 vision.")
+def export(checkpoint, out, overwrite, attention, quant):
     """Export a checkpoint directory to an ONNX bundle (needs the `export` extra).
 
     \b
     Example:
       edgevlm export runs/default -o my_bundle/
+      edgevlm export runs/default -o fast_bundle/ --attention fused --quant int4
     """
     try:
         from edgevlm.export.to_onnx import export_bundle
@@ -209,7 +215,8 @@ def export(checkpoint, out, overwrite):
     ckpt = load_checkpoint(checkpoint)
     manifest = export_bundle(ckpt.model, ckpt.tokenizer, out, preprocess=ckpt.preprocess.to_dict(),
                              prompt=ckpt.prompt.to_dict(), special_tokens=ckpt.special_tokens,
-                             generation=ckpt.generation.to_dict(), overwrite=overwrite)
+                             generation=ckpt.generation.to_dict(), overwrite=overwrite,
+                             attention=attention, quant=quant)
     diffs = ", ".join(f"{g} {v['max_abs_diff']:.1e}" for g, v in manifest["validation"].items())
     click.echo(f"wrote {out} (validated against PyTorch: {diffs})")
 

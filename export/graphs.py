@@ -5,6 +5,12 @@
     decoder.onnx         inputs_embeds [B, S, D], position_ids [B, S],
                          past.{i}.k / past.{i}.v [B, KVH, T, hd]
                          -> logits [B, V] (last position), present.{i}.k / present.{i}.v [B, KVH, T, hd]
+
+attention="fused" (opt-in) lowers the vision attention onto com.microsoft.MultiHeadAttention
+(edgevlm.kernels.mha) and the decoder's onto com.microsoft.GroupQueryAttention
+(edgevlm.kernels.gqa), its RMSNorms onto SimplifiedLayerNormalization (edgevlm.kernels.onnx_norms),
+all with the same interface, and marks decoder.onnx so the runtime binds one KV
+buffer per layer as both past and present.
 """
 
 from __future__ import annotations
@@ -15,11 +21,18 @@ import logging
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 
+from edgevlm.errors import EdgeVLMError
+from edgevlm.kernels.gqa import use_gqa
+from edgevlm.kernels.mha import use_mha
+from edgevlm.kernels.onnx_norms import fuse_rms_norm
 from edgevlm.models.vlm import VLM
 
 OPSET = 18
+ATTENTION = ("default", "fused")
+KV_CACHE_KEY = "edgevlm.kv_cache"  # read by edgevlm.runtime.decoder.shares_kv_buffer
 
 
 def decoder_io_names(num_layers: int):
@@ -41,11 +54,19 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes)
         )
 
 
-def export_vision(model: VLM, path: Path) -> None:
+def export_vision(model: VLM, path: Path, attention: str = "default") -> None:
+    """attention="fused": every vision attention block as com.microsoft.MultiHeadAttention."""
     cfg = model.cfg.vision
     pixels = torch.randn(2, 3, cfg.image_size, cfg.image_size)
     tiles = torch.export.Dim("tiles", min=1, max=64)
-    _export(model.vision, (pixels,), path, ["pixel_values"], ["image_embeds"], {"pixel_values": {0: tiles}})
+    if attention == "default":
+        _export(model.vision, (pixels,), path, ["pixel_values"], ["image_embeds"], {"pixel_values": {0: tiles}})
+        return
+    use_mha(model.vision)
+    try:
+        _export(model.vision, (pixels,), path, ["pixel_values"], ["image_embeds"], {"pixel_values": {0: tiles}})
+    finally:
+        use_mha(model.vision, enabled=False)
 
 
 def export_embed(model: VLM, path: Path) -> None:
@@ -54,8 +75,21 @@ def export_embed(model: VLM, path: Path) -> None:
     _export(model.decoder.embed_tokens, (ids,), path, ["input_ids"], ["inputs_embeds"], {"input": {0: b, 1: s}})
 
 
-def export_decoder(model: VLM, path: Path) -> None:
+def _finish_fused_decoder(path: Path) -> None:
+    """RMSNorms -> SimplifiedLayerNormalization, and mark the graph's KV buffers as shareable."""
+    proto = onnx.load(str(path))
+    fuse_rms_norm(proto)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, KV_CACHE_KEY: "shared"})
+    onnx.save(proto, str(path))
+
+
+def export_decoder(model: VLM, path: Path, attention: str = "default") -> None:
     dec = model.decoder
+    if attention not in ATTENTION:
+        raise EdgeVLMError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION)}")
+    if attention == "fused" and dec.cfg.head_dim % 8:
+        raise EdgeVLMError(f"--attention fused needs a text head_dim that is a multiple of 8 "
+                           f"(GroupQueryAttention on CPU); this model has {dec.cfg.head_dim}")
     b_n, s_n, t_n = 2, 3, 8  # example sizes, all different so no dimension gets specialised
     embeds = torch.randn(b_n, s_n, dec.cfg.hidden_size)
     positions = torch.arange(s_n)[None].expand(b_n, -1).contiguous()
@@ -64,7 +98,15 @@ def export_decoder(model: VLM, path: Path) -> None:
     shapes = {"inputs_embeds": {0: b, 1: s}, "position_ids": {0: b, 1: s},
               "flat_cache": tuple({0: b, 2: t} for _ in cache)}
     ins, outs = decoder_io_names(dec.cfg.num_layers)
-    _export(dec, (embeds, positions, *cache), path, ins, outs, shapes)
+    if attention == "default":
+        _export(dec, (embeds, positions, *cache), path, ins, outs, shapes)
+        return
+    use_gqa(dec)
+    try:
+        _export(dec, (embeds, positions, *cache), path, ins, outs, shapes)
+    finally:
+        use_gqa(dec, enabled=False)
+    _finish_fused_decoder(path)
 
 
 EXPORTERS = {

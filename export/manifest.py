@@ -23,10 +23,12 @@ def graph_io(path: Path) -> dict:
 
 
 def write_manifest(out: Path, *, architecture: str, config: dict, preprocess: dict, prompt: dict,
-                   special_tokens: dict, generation: dict, validation: dict, precision: str = "fp32") -> dict:
+                   special_tokens: dict, generation: dict, validation: dict, precision: str | dict = "fp32") -> dict:
+    """precision: one for every graph, or {graph: precision}."""
     graphs = {}
     for name in GRAPHS:
-        graphs[name] = {"file": f"{name}.onnx", "precision": precision, **graph_io(out / f"{name}.onnx")}
+        prec = precision[name] if isinstance(precision, dict) else precision
+        graphs[name] = {"file": f"{name}.onnx", "precision": prec, **graph_io(out / f"{name}.onnx")}
     files = sorted([f"{g}.onnx" for g in GRAPHS] + ["tokenizer.json"])
     manifest = {
         "format": FORMAT_NAME,

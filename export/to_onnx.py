@@ -15,17 +15,25 @@ from tqdm import tqdm
 
 from edgevlm.bundle import GRAPHS
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.graphs import EXPORTERS
+from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision
 from edgevlm.export.manifest import write_manifest
-from edgevlm.export.validate import FP32_TOLERANCE, VALIDATORS, ExportValidationError
+from edgevlm.export.quantize import TOLERANCE, compare, precisions, quantize_graph, within
+from edgevlm.export.validate import FP32_TOLERANCE, VALIDATORS, ExportValidationError, validate_decoder
 from edgevlm.models.vlm import VLM
 
 
 def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: dict, prompt: dict,
                   special_tokens: dict, generation: dict, overwrite: bool = False,
-                  tolerance: float = FP32_TOLERANCE, progress: bool = True) -> dict:
-    """Export, validate against PyTorch, and write the manifest. Returns the manifest."""
+                  tolerance: float = FP32_TOLERANCE, progress: bool = True,
+                  attention: str = "default", quant: str = "fp32") -> dict:
+    """Export, validate against PyTorch, and write the manifest. Returns the manifest.
+
+    attention="fused": vision attention as com.microsoft.MultiHeadAttention, decoder attention as
+    com.microsoft.GroupQueryAttention (shared KV buffer).
+    quant="int8" | "int4": quantize graphs after their fp32 validation (export/quantize.py) and
+    check each against its fp32 graph under that precision's tolerance."""
     out = Path(out)
+    precision = precisions(quant)
     if out.exists() and not overwrite:
         raise EdgeVLMError(f"output directory {out.name} already exists; choose another or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -37,17 +45,37 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
         for name in steps:
             steps.set_postfix_str(name)
             path = work / f"{name}.onnx"
-            EXPORTERS[name](model, path)
-            validation[name] = VALIDATORS[name](model, path)
+            if name == "decoder" and attention != "default":
+                export_decoder(model, path, attention)
+                validation[name] = validate_decoder(model, path, valid_slots_only=True)
+            elif name == "vision_encoder" and attention != "default":
+                export_vision(model, path, attention)
+                validation[name] = VALIDATORS[name](model, path)
+            else:
+                EXPORTERS[name](model, path)
+                validation[name] = VALIDATORS[name](model, path)
         bad = {k: v for k, v in validation.items() if not v <= tolerance}
         if bad:
             worst = ", ".join(f"{k} {v:.2e}" for k, v in bad.items())
             raise ExportValidationError(f"exported graphs disagree with PyTorch beyond {tolerance:g}: {worst}")
+        validation = {k: {"max_abs_diff": v, "tolerance": tolerance} for k, v in validation.items()}
+        for name, prec in precision.items():
+            if prec == "fp32":
+                continue
+            path, fp32_path = work / f"{name}.onnx", work / f"{name}.fp32.onnx"
+            path.rename(fp32_path)
+            quantize_graph(fp32_path, path, prec)
+            report = compare(fp32_path, path, name)
+            fp32_path.unlink()
+            if not within(report, prec):
+                raise ExportValidationError(f"{name} quantized to {prec} is outside its tolerance "
+                                            f"{TOLERANCE[prec]}: {report}")
+            validation[name]["quantized_vs_fp32"] = {**report, "tolerance": TOLERANCE[prec]}
         tokenizer.save(str(work / "tokenizer.json"))
         manifest = write_manifest(
             work, architecture=model.cfg.architecture, config=model.cfg.to_dict(), preprocess=preprocess,
             prompt=prompt, special_tokens=special_tokens, generation=generation,
-            validation={k: {"max_abs_diff": v, "tolerance": tolerance} for k, v in validation.items()},
+            validation=validation, precision=precision,
         )
         if out.exists():
             shutil.rmtree(out)

@@ -52,10 +52,15 @@ class DecoderAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=False)
         self.attend = get_attention(attention)
+        self.lowering = None  # export only: edgevlm.kernels.gqa.use_gqa sets a GQALowering
 
     def forward(self, x, cos, sin, position_ids, k_cache, v_cache):
         b, s, _ = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
+        if self.lowering is not None and k_cache is not None and torch.onnx.is_in_onnx_export():
+            # one com.microsoft.GroupQueryAttention: rotary, cache write and attention fused
+            out, k, v = self.lowering(self.q_proj(x), self.k_proj(x), self.v_proj(x), position_ids, k_cache, v_cache)
+            return self.o_proj(out), k, v  # out [B, S, H*hd]
         q = self.q_proj(x).view(b, s, cfg.num_heads, hd).transpose(1, 2)  # [B, H, S, hd]
         k = self.k_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)  # [B, KVH, S, hd]
         v = self.v_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)

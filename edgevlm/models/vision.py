@@ -20,9 +20,13 @@ class VisionAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.attend = get_attention(attention)
+        self.lowering = None  # export only: edgevlm.kernels.mha.use_mha sets an MHALowering
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
+        if self.lowering is not None and torch.onnx.is_in_onnx_export():
+            # one com.microsoft.MultiHeadAttention: [B, N, D] in and out
+            return self.out_proj(self.lowering(self.q_proj(x), self.k_proj(x), self.v_proj(x)))
 
         def heads(t):  # [B, N, D] -> [B, H, N, hd]
             return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)

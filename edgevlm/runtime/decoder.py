@@ -8,6 +8,13 @@ import onnxruntime as ort
 from edgevlm.config import TextConfig
 from edgevlm.runtime.kv_cache import KVCache
 
+# decoder.onnx metadata written by `edgevlm export --attention fused`: past.* and present.* may be one buffer
+KV_CACHE_KEY = "edgevlm.kv_cache"
+
+
+def shares_kv_buffer(session: ort.InferenceSession) -> bool:
+    return session.get_modelmeta().custom_metadata_map.get(KV_CACHE_KEY) == "shared"
+
 
 class OnnxDecoder:
     """One request: prompt embeddings in, logits out, KV cache kept in preallocated buffers."""
@@ -24,6 +31,7 @@ class OnnxDecoder:
         self.step_embeds: np.ndarray | None = None  # [B, 1, D], reused by every step
         self.step_ids: np.ndarray | None = None  # [B, 1]
         self.step_positions: np.ndarray | None = None  # [B, 1]
+        self.shared_kv = shares_kv_buffer(self.decoder)
 
     def _run(self, embeds: np.ndarray, positions: np.ndarray, rows: int) -> np.ndarray:
         """One decoder run writing into preallocated buffers. The returned logits view is
@@ -41,7 +49,8 @@ class OnnxDecoder:
     def start(self, batch_size: int) -> np.ndarray:
         """Prefill the prompt once (batch 1), then give every row a copy of its cache."""
         cfg = self.cfg
-        self.cache = KVCache(cfg.num_layers, batch_size, cfg.num_kv_heads, self.max_len, cfg.head_dim)
+        self.cache = KVCache(cfg.num_layers, batch_size, cfg.num_kv_heads, self.max_len, cfg.head_dim,
+                             shared=self.shared_kv)
         self.logits = np.empty((batch_size, cfg.vocab_size), dtype=np.float32)
         self.step_embeds = np.empty((batch_size, 1, cfg.hidden_size), dtype=np.float32)
         self.step_ids = np.empty((batch_size, 1), dtype=np.int64)
