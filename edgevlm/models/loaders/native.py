@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from edgevlm.config import VLMConfig
 from edgevlm.errors import CheckpointError, EdgeVLMError
 from edgevlm.image import PreprocessConfig
+from edgevlm.models.loaders.hf_files import read_json
 from edgevlm.models.registry import Loader, LoadedCheckpoint, register
 from edgevlm.prompt import PromptConfig
 from edgevlm.runtime.generate import GenerationConfig
@@ -78,23 +79,13 @@ def _detect(path: Path) -> bool:
     return (path / "state.json").is_file() and (path / "model.safetensors").is_file()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path.name} is malformed: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path.name} is malformed: expected a JSON object")
-    return data
-
-
 def _load(path: Path) -> LoadedCheckpoint:
     from edgevlm.models.vlm import VLM
 
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise CheckpointError(f"{path.name}: native checkpoint is missing {', '.join(missing)}")
-    state, info = _read_json(path / "state.json"), _read_json(path / "export.json")
+    state, info = read_json(path / "state.json"), read_json(path / "export.json")
     try:
         cfg = VLMConfig.from_dict(state.get("config"))
         check_tensors(path / "model.safetensors", cfg)  # before the model is allocated
