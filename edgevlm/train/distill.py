@@ -41,7 +41,7 @@ def kd_loss(student_logits, teacher_logits, labels, cfg: DistillConfig):
     log_t = F.log_softmax(t / tau, dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(-1).mean() * tau * tau
     loss = cfg.alpha * ce + (1 - cfg.alpha) * kl
-    return loss, {"ce": float(ce), "kl": float(kl)}
+    return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}
 
 
 def _spread(n_student: int, n_teacher: int) -> list[int]:
