@@ -21,7 +21,6 @@ def summarize(values: list[float]) -> dict:
 def bench_bundle(bundle=None, image=None, threads: int = 2, repeat: int = 10, warmup: int = 2,
                  new_tokens: int = 16, split: bool | None = None) -> dict:
     import edgevlm
-    from edgevlm.bundle import sha256_file  # noqa: F401  (bundle verified by load)
 
     t = time.perf_counter()
     vlm = edgevlm.load(bundle, threads=threads)

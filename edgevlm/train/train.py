@@ -56,13 +56,18 @@ def save_checkpoint(model: VLM, optimizer, step: int, out: Path) -> None:
     (out / "state.json").write_text(json.dumps({"step": step, "config": model.cfg.to_dict()}))
 
 
-def load_checkpoint(out: Path, optimizer=None):
-    """-> (model, step). Weights from safetensors; optimiser state with weights_only=True."""
-    state = json.loads((out / "state.json").read_text())
-    model = VLM(VLMConfig.from_dict(state["config"]))
+def _restore(out: Path, model: VLM, optimizer=None) -> None:
+    """Weights from safetensors; optimiser state with weights_only=True (never unpickle code)."""
     load_model(model, str(out / "model.safetensors"))
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+
+
+def load_checkpoint(out: Path, optimizer=None):
+    """-> (model, step)."""
+    state = json.loads((out / "state.json").read_text())
+    model = VLM(VLMConfig.from_dict(state["config"]))
+    _restore(out, model, optimizer)
     return model, state["step"]
 
 
@@ -76,10 +81,8 @@ def train(model: VLM, batches, tc: TrainConfig, out: Path, resume: bool = False,
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.98))
     start = 0
     if resume and (out / "state.json").exists():
-        state = json.loads((out / "state.json").read_text())
-        load_model(model, str(out / "model.safetensors"))
-        optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
-        start = state["step"]
+        _restore(out, model, optimizer)
+        start = json.loads((out / "state.json").read_text())["step"]
         log(f"resumed from step {start}")
     model.train()
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", unit="step")
