@@ -18,7 +18,8 @@ from edgevlm.errors import EdgeVLMError
 from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision
 from edgevlm.export.manifest import write_manifest
 from edgevlm.export.quantize import TOLERANCE, compare, precisions, quantize_graph, within
-from edgevlm.export.validate import FP32_TOLERANCE, VALIDATORS, ExportValidationError, validate_decoder
+from edgevlm.export.validate import (FP32_TOLERANCE, VALIDATORS, ExportValidationError, tolerance_for,
+                                     validate_decoder)
 from edgevlm.models.vlm import VLM
 
 
@@ -54,11 +55,12 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
             else:
                 EXPORTERS[name](model, path)
                 validation[name] = VALIDATORS[name](model, path)
-        bad = {k: v for k, v in validation.items() if not v <= tolerance}
+        validation = {k: {"max_abs_diff": diff, "tolerance": tolerance_for(k, tolerance, scale)}
+                      for k, (diff, scale) in validation.items()}
+        bad = {k: v for k, v in validation.items() if not v["max_abs_diff"] <= v["tolerance"]}
         if bad:
-            worst = ", ".join(f"{k} {v:.2e}" for k, v in bad.items())
-            raise ExportValidationError(f"exported graphs disagree with PyTorch beyond {tolerance:g}: {worst}")
-        validation = {k: {"max_abs_diff": v, "tolerance": tolerance} for k, v in validation.items()}
+            worst = ", ".join(f"{k} {v['max_abs_diff']:.2e} > {v['tolerance']:.2g}" for k, v in bad.items())
+            raise ExportValidationError(f"exported graphs disagree with PyTorch: {worst}")
         for name, prec in precision.items():
             if prec == "fp32":
                 continue

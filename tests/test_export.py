@@ -108,3 +108,21 @@ def test_context_overflow_is_rejected_before_work(tiny_bundle):
     vlm = edgevlm.load(tiny_bundle[0], threads=1)
     with pytest.raises(GenerationError, match="context"):
         vlm.run(_images(1)[0], max_new_tokens=200)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7])
+def test_vision_chunks_equal_one_run(tiny_bundle, monkeypatch, chunk):
+    from edgevlm.runtime import pipeline
+    path, _, _ = tiny_bundle
+    vlm = edgevlm.load(path, threads=1)
+    pixels = np.random.default_rng(0).uniform(-1, 1, (5, 3, 32, 32)).astype(np.float32)
+    (whole,) = vlm.sessions["vision_encoder"].run(None, {"pixel_values": pixels})
+    monkeypatch.setattr(pipeline, "VISION_CHUNK", chunk)
+    np.testing.assert_allclose(vlm.encode_tiles(pixels), whole, atol=1e-6)
+
+
+def test_vision_tolerance_scales_with_feature_magnitude():
+    from edgevlm.export.validate import tolerance_for
+    assert tolerance_for("vision_encoder", 1e-4, 50.0) == pytest.approx(5e-3)
+    assert tolerance_for("vision_encoder", 1e-4, 0.3) == 1e-4  # never tighter than the base
+    assert tolerance_for("decoder", 1e-4, 50.0) == 1e-4  # logits keep the absolute limit
