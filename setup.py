@@ -18,7 +18,9 @@ RUNTIME = [
 # jinja2 renders a checkpoint's chat template once, at export time (never in the runtime)
 TORCH_SIDE = ["torch==2.13.0", "onnx>=1.16", "onnxscript>=0.2", "safetensors>=0.4", "jinja2>=3.1"]
 # transformers is the reference oracle in tests only (never imported by edgevlm itself)
-DEV = TORCH_SIDE + ["pytest>=7.0", "hypothesis>=6.0", "transformers>=4.50"]
+# matplotlib draws `edgevlm bench --plot` charts only; in dev so CI runs the plot test
+BENCH = ["matplotlib>=3.7"]
+DEV = TORCH_SIDE + BENCH + ["pytest>=7.0", "hypothesis>=6.0", "transformers>=4.50"]
 
 setup(
     name="edgevlm",
@@ -43,6 +45,6 @@ setup(
     },
     package_data={"edgevlm": ["assets/default/*", "assets/samples/*"]},
     install_requires=RUNTIME,
-    extras_require={"export": TORCH_SIDE, "train": TORCH_SIDE, "dev": DEV},
+    extras_require={"export": TORCH_SIDE, "train": TORCH_SIDE, "bench": BENCH, "dev": DEV},
     entry_points={"console_scripts": ["edgevlm=edgevlm.cli:main"]},
 )
