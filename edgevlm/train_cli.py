@@ -47,7 +47,7 @@ def _caption_unlabeled(items, teacher, prompter, pre, gen, out: Path):
     cache_path = out / "teacher_captions.jsonl"
     cache = {}
     if cache_path.exists():
-        cache = {r["key"]: r["caption"] for r in map(json.loads, cache_path.read_text().splitlines())}
+        cache = _read_cache(cache_path)
     todo = [i for i, item in enumerate(items) if not item.captions]
     if not todo:
         return items
@@ -66,12 +66,32 @@ def _caption_unlabeled(items, teacher, prompter, pre, gen, out: Path):
     return items
 
 
+def _read_cache(path: Path) -> dict:
+    """teacher_captions.jsonl -> {image key: caption}; a damaged line is a one-line error naming it."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.endswith("\n"):  # a run killed mid-write: drop the partial last line before appending more
+        text = text[:text.rfind("\n") + 1]
+        path.write_text(text, encoding="utf-8")
+    cache = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            cache[str(record["key"])] = str(record["caption"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path.name} line {number}: malformed record ({exc}); delete the file to "
+                              "caption the images again") from None
+    return cache
+
+
 def _common(func):
     for option in reversed([
         click.option("--data", default="scenes", show_default=True,
                      help="'scenes[:split]', a .jsonl file, a COCO .json file, or an image folder."),
         click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Checkpoint directory."),
-        click.option("--steps", default=3000, show_default=True),
+        click.option("--steps", default=3000, show_default=True, help="Length of the run (and of its lr schedule)."),
+        click.option("--stop-at", type=int, help="Pause after this step (checkpointed); --resume continues it exactly."),
         click.option("--batch-size", default=48, show_default=True),
         click.option("--lr", default=2e-3, show_default=True),
         click.option("--seed", default=0, show_default=True),
@@ -83,7 +103,8 @@ def _common(func):
     return func
 
 
-def _run(model, items, setup, out, steps, batch_size, lr, seed, threads, resume, export_dir, objective=None):
+def _run(model, items, setup, out, steps, batch_size, lr, seed, threads, resume, export_dir, objective=None,
+         stop_at=None):
     import torch
 
     from edgevlm.models.loaders.native import write_export_info
@@ -95,7 +116,9 @@ def _run(model, items, setup, out, steps, batch_size, lr, seed, threads, resume,
     torch.set_num_threads(threads)
     write_export_info(out, tokenizer, prompt, pre, gen, special)
     batches = CaptionBatches(items, Prompter(tokenizer, prompt), pre, gen.eos_token_ids[0], special["pad"], batch_size)
-    train(model, batches, TrainConfig(steps=steps, lr=lr, seed=seed), out, resume=resume,
+    if stop_at is not None and stop_at < 1:
+        raise ConfigError(f"--stop-at must be >= 1, got {stop_at}")
+    train(model, batches, TrainConfig(steps=steps, lr=lr, seed=seed, stop_at=stop_at), out, resume=resume,
           objective=objective or caption_loss)
     if export_dir:
         from edgevlm.export.to_onnx import export_bundle
@@ -108,7 +131,7 @@ def _run(model, items, setup, out, steps, batch_size, lr, seed, threads, resume,
 @click.command("train")
 @click.option("--preset", "preset_name", default="default", show_default=True, help="Model size: nano, micro, default, teacher.")
 @_common
-def train_command(preset_name, data, out, steps, batch_size, lr, seed, threads, resume, export_dir):
+def train_command(preset_name, data, out, steps, stop_at, batch_size, lr, seed, threads, resume, export_dir):
     """Train a captioning model from scratch (scenes vocabulary and preprocessing).
 
     \b
@@ -132,7 +155,8 @@ def train_command(preset_name, data, out, steps, batch_size, lr, seed, threads, 
     click.echo(f"{preset_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
     items = open_dataset(data)
     prompt = dataclasses.replace(prompt, image_seq_len=cfg.image_seq_len)
-    _run(model, items, (tokenizer, prompt, pre, gen, special_tokens(tokenizer)), out, steps, batch_size, lr, seed, threads, resume, export_dir)
+    _run(model, items, (tokenizer, prompt, pre, gen, special_tokens(tokenizer)), out, steps, batch_size, lr, seed,
+         threads, resume, export_dir, stop_at=stop_at)
 
 
 @click.command("distill")
@@ -141,17 +165,23 @@ def train_command(preset_name, data, out, steps, batch_size, lr, seed, threads, 
 @click.option("--temperature", default=2.0, show_default=True, help="KD softmax temperature.")
 @click.option("--alpha", default=0.5, show_default=True, help="Weight of the reference-caption CE (1 - alpha on KL).")
 @click.option("--init-from-teacher", is_flag=True, help="Copy matching teacher layers (even spread) into the student.")
+@click.option("--feature-weight", default=0.0, show_default=True,
+              help="Weight of the feature-matching MSE (student image embeddings, through a learned projection, "
+                   "vs the teacher's); 0 = off.")
+@click.option("--feature-hidden", is_flag=True, help="With --feature-weight: also match the final hidden states.")
 @_common
-def distill_command(teacher, student, temperature, alpha, init_from_teacher, data, out, steps, batch_size, lr, seed,
-                    threads, resume, export_dir):
+def distill_command(teacher, student, temperature, alpha, init_from_teacher, feature_weight, feature_hidden, data, out,
+                    steps, stop_at, batch_size, lr, seed, threads, resume, export_dir):
     """Distil a teacher into a compact student (token-level KL + caption CE).
 
     Unlabeled images (an image folder, or JSONL records without captions) are first
-    captioned by the teacher (sequence-level distillation).
+    captioned by the teacher (sequence-level distillation). --feature-weight adds feature
+    matching; its projections are saved in OUT/objective.safetensors and never exported.
 
     \b
     Example:
       edgevlm distill --teacher runs/teacher --student micro --data scenes -o runs/student --export student_bundle/
+      edgevlm distill --teacher runs/teacher --student nano --feature-weight 0.5 -o runs/nano
     """
     _torch_side()
     import torch
@@ -176,6 +206,9 @@ def distill_command(teacher, student, temperature, alpha, init_from_teacher, dat
                f"{sum(p.numel() for p in ckpt.model.parameters()) / 1e6:.2f} M")
     items = _caption_unlabeled(open_dataset(data), ckpt.model, Prompter(ckpt.tokenizer, ckpt.prompt),
                                ckpt.preprocess, ckpt.generation, out)
-    objective = DistillObjective(ckpt.model, DistillConfig(temperature=temperature, alpha=alpha))
+    if feature_hidden and not feature_weight:
+        raise ConfigError("--feature-hidden needs --feature-weight > 0")
+    dc = DistillConfig(temperature=temperature, alpha=alpha, feature_weight=feature_weight, feature_hidden=feature_hidden)
+    objective = DistillObjective(ckpt.model, dc, student_cfg=cfg)
     _run(model, items, (ckpt.tokenizer, ckpt.prompt, ckpt.preprocess, ckpt.generation, ckpt.special_tokens),
-         out, steps, batch_size, lr, seed, threads, resume, export_dir, objective=objective)
+         out, steps, batch_size, lr, seed, threads, resume, export_dir, objective=objective, stop_at=stop_at)

@@ -26,6 +26,27 @@ def test_kd_loss_matches_hand_computation():
     assert float(loss) == pytest.approx(0.25 * ce + 0.75 * kl, abs=1e-6)
 
 
+def test_kd_loss_averages_over_valid_positions_of_every_row():
+    """Two rows, one valid position each, T = 1: CE and KL are means over the two positions."""
+    student = torch.tensor([[[2.0, 0.0], [9.0, 9.0]], [[0.0, 0.0], [0.0, 1.0]]])  # [2, 2, 2]
+    teacher = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [3.0, 0.0]]])
+    labels = torch.tensor([[0, IGNORE], [IGNORE, 1]])  # row 0 position 0, row 1 position 1
+
+    def log_softmax(x):
+        z = math.log(sum(math.exp(v) for v in x))
+        return [v - z for v in x]
+
+    ce = (-log_softmax([2.0, 0.0])[0] - log_softmax([0.0, 1.0])[1]) / 2
+    kl = 0.0
+    for s, t in (([2.0, 0.0], [0.0, 0.0]), ([0.0, 1.0], [3.0, 0.0])):
+        ls, lt = log_softmax(s), log_softmax(t)
+        kl += sum(math.exp(b) * (b - a) for a, b in zip(ls, lt)) / 2
+    for alpha in (0.0, 0.5, 1.0):
+        loss, parts = kd_loss(student, teacher, labels, DistillConfig(temperature=1.0, alpha=alpha))
+        assert parts["ce"] == pytest.approx(ce, abs=1e-6) and parts["kl"] == pytest.approx(kl, abs=1e-6)
+        assert float(loss) == pytest.approx(alpha * ce + (1 - alpha) * kl, abs=1e-6)
+
+
 def test_kl_is_zero_when_student_equals_teacher():
     logits = torch.randn(2, 4, 7)
     labels = torch.randint(0, 7, (2, 4))

@@ -49,3 +49,16 @@ def test_distill_from_teacher_on_labeled_and_unlabeled_data(teacher, tmp_path):
 def test_unknown_preset_is_a_one_line_error(tmp_path):
     proc = run("train", "--preset", "huge", "--steps", 1, "-o", tmp_path / "x")
     assert proc.returncode == 2 and "unknown preset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_distill_with_feature_matching_exports_only_the_student(teacher, tmp_path):
+    out, bundle = tmp_path / "student", tmp_path / "bundle"
+    proc = run("distill", "--teacher", teacher, "--student", "nano", "--data", "scenes:val", "--steps", 2,
+               "--batch-size", 2, "--threads", 1, "--feature-weight", 0.5, "--feature-hidden", "-o", out,
+               "--export", bundle)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "objective.safetensors").is_file()  # the projections are checkpointed ...
+    files = json.loads((bundle / "edgevlm.json").read_text())["files"]
+    assert not any("objective" in name for name in files)  # ... but not exported
+    caption = run("caption", "edgevlm/assets/samples/scene_00.png", "--model", bundle, "--json")
+    assert caption.returncode == 0 and "caption" in json.loads(caption.stdout)
