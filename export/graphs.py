@@ -27,7 +27,9 @@ import torch
 from edgevlm.errors import EdgeVLMError
 from edgevlm.kernels.gqa import use_gqa
 from edgevlm.kernels.mha import use_mha
+from edgevlm.kernels.fast_gelu import use_fast_gelu
 from edgevlm.kernels.onnx_norms import fuse_rms_norm
+from edgevlm.kernels.onnx_skip_norms import fuse_skip_norms
 from edgevlm.models.vlm import VLM
 
 OPSET = 18
@@ -63,10 +65,15 @@ def export_vision(model: VLM, path: Path, attention: str = "default") -> None:
         _export(model.vision, (pixels,), path, ["pixel_values"], ["image_embeds"], {"pixel_values": {0: tiles}})
         return
     use_mha(model.vision)
+    use_fast_gelu(model.vision)
     try:
         _export(model.vision, (pixels,), path, ["pixel_values"], ["image_embeds"], {"pixel_values": {0: tiles}})
     finally:
         use_mha(model.vision, enabled=False)
+        use_fast_gelu(model.vision, enabled=False)
+    proto = onnx.load(str(path))
+    fuse_skip_norms(proto)
+    onnx.save(proto, str(path))
 
 
 def export_embed(model: VLM, path: Path) -> None:
@@ -79,6 +86,7 @@ def _finish_fused_decoder(path: Path) -> None:
     """RMSNorms -> SimplifiedLayerNormalization, and mark the graph's KV buffers as shareable."""
     proto = onnx.load(str(path))
     fuse_rms_norm(proto)
+    fuse_skip_norms(proto)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, KV_CACHE_KEY: "shared"})
     onnx.save(proto, str(path))
 

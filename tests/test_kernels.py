@@ -16,6 +16,7 @@ from tests.conftest import tiny_scene_setup
 
 ATTENTION_CHAIN = {"Softmax", "ScatterElements", "ScatterND", "Trigonometric", "Cos", "Sin"}
 NORM_CHAIN = {"Pow", "ReduceMean", "Sqrt", "Reciprocal"}
+GELU_CHAIN = {"Tanh", "Erf", "Pow"}
 
 
 def _setup(std=0.3):
@@ -54,7 +55,9 @@ def test_fused_decoder_has_only_fused_attention_and_norms(bundles):
     ops = _ops(fused / "decoder.onnx")
     assert ops["GroupQueryAttention"] == model.cfg.text.num_layers
     assert not ATTENTION_CHAIN & set(ops), ops
-    assert ops["SimplifiedLayerNormalization"] == 2 * model.cfg.text.num_layers + 1
+    # every norm after a residual add is a Skip norm; only the first layer's input norm is not
+    assert ops["SkipSimplifiedLayerNormalization"] == 2 * model.cfg.text.num_layers
+    assert ops["SimplifiedLayerNormalization"] == 1
     assert not NORM_CHAIN & set(ops), ops
     assert "Softmax" in _ops(bundles[0] / "decoder.onnx")  # the counter does see an unfused chain
 
@@ -62,8 +65,12 @@ def test_fused_decoder_has_only_fused_attention_and_norms(bundles):
 def test_fused_vision_has_one_mha_per_layer_and_matches_reference(bundles):
     _, fused, model = bundles
     ops = _ops(fused / "vision_encoder.onnx")
-    assert ops["MultiHeadAttention"] == model.cfg.vision.num_layers
+    layers = model.cfg.vision.num_layers
+    assert ops["MultiHeadAttention"] == layers
     assert "Softmax" not in ops, ops
+    assert ops["FastGelu"] == layers and not (GELU_CHAIN | NORM_CHAIN) & set(ops), ops
+    # the first norm follows the position-table add (a broadcast: not fusable); the rest are Skip
+    assert ops["SkipLayerNormalization"] == 2 * layers and ops["LayerNormalization"] == 1, ops
     sess = ort.InferenceSession(str(fused / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     (out,) = sess.run(None, {"pixel_values": pixels.numpy()})
