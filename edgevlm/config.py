@@ -11,16 +11,12 @@ import math
 from dataclasses import dataclass, field, fields
 
 from edgevlm.errors import ConfigError
+from edgevlm.mapping import check_keys
 
 
 def _from_dict(cls, data):
     """Build a (nested) dataclass from a dict, rejecting unknown keys by name."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown key(s) {', '.join(unknown)}")
+    check_keys(cls, data, cls.__name__)
     kwargs = {}
     for name, value in data.items():
         sub = _NESTED.get((cls.__name__, name))

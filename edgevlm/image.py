@@ -12,13 +12,14 @@ import io
 import os
 import struct
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from edgevlm import image_tiling
 from edgevlm.errors import ConfigError, ImageError
+from edgevlm.mapping import check_keys
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -207,13 +208,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"preprocess config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown preprocess config keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**check_keys(cls, d, "preprocess config"))
 
 
 def preprocess(image: Image.Image, cfg: PreprocessConfig) -> tuple[np.ndarray, int, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from edgevlm.errors import BundleError, ConfigError
+from edgevlm.mapping import check_keys
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,7 @@ class PromptConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PromptConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"prompt config must be a mapping, got {type(data).__name__}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"prompt config: unknown key(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**check_keys(cls, data, "prompt config"))
 
     @property
     def takes_prompt(self) -> bool:

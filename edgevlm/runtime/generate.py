@@ -14,12 +14,13 @@ is `BeamSearchScorer` with early_stopping=False.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from edgevlm.errors import GenerationError
+from edgevlm.mapping import check_keys
 from edgevlm.runtime import sampling
 
 MAX_NEW_TOKENS_CAP = 1024
@@ -90,15 +91,7 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationConfig":
         """Build and validate a config; an unknown key is a GenerationError naming it."""
-        if not isinstance(d, dict):
-            raise GenerationError(f"generation options must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise GenerationError(
-                    f"unknown generation option {key!r}; known options: {', '.join(sorted(known))}"
-                )
-        d = dict(d)
+        d = dict(check_keys(cls, d, "generation options", GenerationError))
         if "eos_token_ids" in d:
             eos = d["eos_token_ids"]
             d["eos_token_ids"] = (eos,) if isinstance(eos, int) else tuple(eos) if isinstance(eos, list) else eos
