@@ -19,7 +19,7 @@ import numpy as np
 from edgevlm.benchmarks.latency import summarize
 
 # int8 and int4 graphs compute in int8 (dynamic int8 MatMul; MatMulNBits with accuracy_level 4)
-PEAK_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "int4": "int8"}
+PEAK_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "int4": "int8", "mixed": "int8"}
 
 
 def _gemm_session(n: int, int8: bool, threads: int):

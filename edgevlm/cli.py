@@ -197,7 +197,7 @@ def info(bundle, as_json):
 @click.option("--attention", type=click.Choice(["default", "fused"]), default="default", show_default=True,
               help="fused: ONNX Runtime MultiHeadAttention (vision) and GroupQueryAttention with a "
                    "shared KV buffer (decoder).")
-@click.option("--quant", type=click.Choice(["fp32", "int8", "int4"]), default="fp32", show_default=True,
+@click.option("--quant", type=click.Choice(["fp32", "int8", "int4", "mixed"]), default="fp32", show_default=True,
               help="int8: dynamic int8 vision + decoder MatMuls; int4: MatMulNBits decoder, int8 vision.")
 def export(checkpoint, out, overwrite, attention, quant):
     """Export a checkpoint directory to an ONNX bundle (needs the `export` extra).
@@ -230,6 +230,7 @@ def _register_commands():
     main.add_command(eval_command)
     main.add_command(train_command)
     main.add_command(distill_command)
+    from edgevlm.quantize_cli import quantize_command; main.add_command(quantize_command)  # noqa: E702
 
 
 _register_commands()

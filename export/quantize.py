@@ -1,45 +1,42 @@
 """ONNX Runtime weight quantization of exported graphs, and its measured error.
 
-    fp32  nothing changes
-    int8  vision_encoder and decoder MatMul weights -> dynamic int8, per output channel
-          (MatMulInteger / DynamicQuantizeMatMul; activations quantized per run)
-    int4  decoder MatMul weights -> MatMulNBits (4 bit, block 32, symmetric, accuracy_level 4:
-          int8 activations on CPU); vision_encoder as int8 (compute-bound: int8 measures faster)
+    fp32   nothing changes
+    int8   vision_encoder and decoder MatMul weights -> dynamic int8, per output channel
+           (MatMulInteger / DynamicQuantizeMatMul; activations quantized per run)
+    int4   decoder MatMul weights -> MatMulNBits (4 bit, block 32, symmetric, accuracy_level 4:
+           int8 activations on CPU); vision_encoder as int8 (compute-bound: int8 measures faster);
+           embed_tokens -> GatherBlockQuantized, 4 bit, block 32 (export/quant_embed.py)
+    mixed  as int4, but the decoder linears most sensitive to int4 (measured in PyTorch on
+           calibration images) are MatMulNBits 8 bit, under a budget (export/quant_mixed.py)
 
-embed_tokens stays fp32 (a Gather, no MatMul). lm_head, exported as Gemm(x, W, transB=1), is first
-rewritten as MatMul(x, W^T) (gemm_to_matmul) so it is quantized with the other linears: at decode
-its weight is the single largest read (vocab x hidden).
+The PyTorch side (export/quant_torch.py) reproduces each of these weight formats exactly, so a
+layer's measured error is the error of the layer the bundle runs. lm_head, exported as
+Gemm(x, W, transB=1), is first rewritten as MatMul(x, W^T) (gemm_to_matmul) so it is quantized
+with the other linears: at decode its weight is the single largest read (vocab x hidden).
 
 A quantized graph is checked against the fp32 graph it came from (itself checked against
-PyTorch to 1e-4 first) on a few inputs (random pixels; embeddings of random token ids, prefill
-and 2 decode steps): relative RMS and max-abs error of the output, and for the decoder the
-share of rows whose greedy (argmax) token agrees. Tolerances are per precision
-(TOLERANCE) and recorded in the manifest.
+PyTorch to 1e-4 first) under a tolerance per precision, recorded in the manifest
+(export/quant_check.py: inputs, measures, TOLERANCE and EMBED_TOLERANCE).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.export.quant_check import (EMBED_TOLERANCE, TOLERANCE, compare, tolerance,  # noqa: F401 (public API)
+                                        within)
 
-QUANT = ("fp32", "int8", "int4")
+QUANT = ("fp32", "int8", "int4", "mixed")
 # precision of each graph for a --quant choice
 PRECISION = {
     "fp32": {"vision_encoder": "fp32", "embed_tokens": "fp32", "decoder": "fp32"},
     "int8": {"vision_encoder": "int8", "embed_tokens": "fp32", "decoder": "int8"},
-    "int4": {"vision_encoder": "int8", "embed_tokens": "fp32", "decoder": "int4"},
+    "int4": {"vision_encoder": "int8", "embed_tokens": "int4", "decoder": "int4"},
+    "mixed": {"vision_encoder": "int8", "embed_tokens": "int4", "decoder": "mixed"},
 }
-# relative RMS error (rms(q - fp32) / rms(fp32), worst run) allowed per precision, and the minimum
-# greedy-token agreement of the decoder's logits rows with the fp32 graph; relative max-abs error
-# is recorded too. Measured on the trained default model (fused): int8 decoder 0.031 / 100%,
-# int4 decoder 0.078 / 92%, int8 vision 0.008.
-TOLERANCE = {"int8": {"rel_rms": 0.1, "token_agreement": 0.75},
-             "int4": {"rel_rms": 0.25, "token_agreement": 0.75}}
 
 
 def precisions(quant: str) -> dict[str, str]:
@@ -74,68 +71,77 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return done
 
 
-def quantize_graph(src: Path, dst: Path, precision: str) -> None:
-    """Write `src` quantized to `precision` ("int8" | "int4") as `dst`."""
+def graph_kind(path: Path) -> str:
+    """Bundle graph name from a file name as the export and benchmarks write them
+    (decoder.onnx, embed_tokens.fp32.onnx); anything else is treated as a decoder-like graph."""
+    stem = Path(path).name.split(".")[0]
+    return stem if stem in ("vision_encoder", "embed_tokens", "decoder") else "decoder"
+
+
+def quantize_graph(src: Path, dst: Path, precision: str, graph: str | None = None, keep_8bit=None) -> dict:
+    """Write `src` quantized to `precision` ("int8" | "int4" | "mixed") as `dst`.
+
+    graph: which bundle graph it is (default: from the file name): embed_tokens is quantized as a
+    table (4 bit), the others by their MatMuls. keep_8bit (mixed only): {layer: W [N, K]} of the
+    nn.Linear weights to keep at 8 bit. Returns {layer: its MatMulNBits node} of those (else empty)."""
+    from edgevlm.export.quant_embed import quantize_embeddings
+    from edgevlm.export.quant_mixed import matmul_nodes, quantize_mixed, quantize_nbits
+
+    graph = graph or graph_kind(src)
     model = onnx.load(str(src))
+    if graph == "embed_tokens":
+        if precision != "int4" or not quantize_embeddings(model):
+            raise EdgeVLMError(f"embed_tokens is quantized to int4 (a 4-bit table) only, not {precision!r}")
+        onnx.save(model, str(dst))
+        return {}
     gemm_to_matmul(model)
+    nodes = {}
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(model, str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QInt8)
-    elif precision == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True,
-                                         accuracy_level=4, op_types_to_quantize=("MatMul",))
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+        return nodes
+    if precision == "int4":
+        model = quantize_nbits(model, 4)
+    elif precision == "mixed":
+        if keep_8bit is None:
+            raise EdgeVLMError("mixed precision needs the layers to keep at 8 bit, measured in PyTorch: "
+                               "use edgevlm export --quant mixed")
+        nodes = matmul_nodes(model, keep_8bit)  # {layer: MatMul node}
+        model, renamed = quantize_mixed(model, set(nodes.values()))
+        nodes = {layer: renamed[node] for layer, node in nodes.items()}
     else:
         raise EdgeVLMError(f"cannot quantize a graph to {precision!r}")
+    onnx.save(model, str(dst))
+    return nodes
 
 
-def _decoder_runs(ref, got, embed, rng):
-    """Prefill 6 tokens, then 2 decode steps (batch 4), teacher-forced: both graphs get the
-    fp32 graph's caches. Inputs are embeddings of random token ids (the embed_tokens graph),
-    so the decoder sees in-distribution activations. Yields (fp32 logits, quantized logits)."""
-    ins = {i.name: i for i in ref.get_inputs()}
-    past = [n for n in ins if n.startswith("past.")]
-    kv = ins[past[0]].shape  # [B, KVH, T, hd]
-    vocab = ref.get_outputs()[0].shape[1]
-    caches = {n: np.zeros((4, kv[1], 16, kv[3]), dtype=np.float32) for n in past}
-    start = 0
-    for length in (6, 1, 1):
-        ids = rng.integers(0, vocab, (4, length))
-        feed = {"inputs_embeds": embed.run(None, {"input_ids": ids})[0],
-                "position_ids": np.tile(np.arange(start, start + length), (4, 1)), **caches}
-        want = ref.run(None, feed)
-        yield want[0], got.run(None, feed)[0]
-        caches = {n.replace("present.", "past."): v for n, v in zip((o.name for o in ref.get_outputs()[1:]), want[1:])}
-        start += length
+def quantize_bundle_graphs(work: Path, precision: dict, mixed=None) -> dict[str, dict]:
+    """Quantize, in place, each non-fp32 graph of the bundle being written in `work`, check it
+    against its fp32 graph and return what its manifest validation entry gains:
+    {"quantized_vs_fp32": report + tolerance} and, for a mixed decoder, "mixed" (the 8-bit layers,
+    their nodes and why). mixed: an export.quant_mixed.MixedPlan, needed for "mixed"."""
+    from edgevlm.export.validate import ExportValidationError
 
-
-def compare(fp32_path: Path, quant_path: Path, graph: str, seed: int = 0) -> dict:
-    """Quantized vs fp32 graph on a few inputs: {"rel_rms", "rel_max_abs", "token_agreement"
-    (decoder)}. The decoder's inputs come from embed_tokens.onnx beside it."""
-    ref = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
-    got = ort.InferenceSession(str(quant_path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    if graph == "decoder":
-        embed = ort.InferenceSession(str(quant_path.parent / "embed_tokens.onnx"), providers=["CPUExecutionProvider"])
-        pairs = list(_decoder_runs(ref, got, embed, rng))
-    else:
-        n = ref.get_inputs()[0].shape[2]
-        pixels = {"pixel_values": rng.uniform(-1, 1, (2, 3, n, n)).astype(np.float32)}
-        pairs = [(ref.run(None, pixels)[0], got.run(None, pixels)[0])]
-    rel = max(float(np.abs(h - w).max() / max(np.abs(w).max(), 1e-12)) for w, h in pairs)
-    rms = max(float(np.sqrt(((h - w) ** 2).mean() / max((w ** 2).mean(), 1e-24))) for w, h in pairs)
-    report = {"rel_rms": rms, "rel_max_abs": rel}
-    if graph == "decoder":
-        agree = sum(int((h.argmax(-1) == w.argmax(-1)).sum()) for w, h in pairs)
-        report["token_agreement"] = agree / sum(w.shape[0] for w, _ in pairs)
-    return report
-
-
-def within(report: dict, precision: str) -> bool:
-    tol = TOLERANCE[precision]
-    return report["rel_rms"] <= tol["rel_rms"] and report.get("token_agreement", 1.0) >= tol["token_agreement"]
+    out = {}
+    for name, prec in precision.items():
+        if prec == "fp32":
+            continue
+        path, fp32_path = work / f"{name}.onnx", work / f"{name}.fp32.onnx"
+        path.rename(fp32_path)
+        try:
+            nodes = quantize_graph(fp32_path, path, prec, graph=name,
+                                   keep_8bit=mixed.weights if mixed is not None else None)
+            report = compare(fp32_path, path, name)
+        finally:
+            fp32_path.unlink()
+        if not within(report, prec, name):
+            raise ExportValidationError(f"{name} quantized to {prec} is outside its tolerance "
+                                        f"{tolerance(name, prec)}: {report}")
+        out[name] = {"quantized_vs_fp32": {**report, "tolerance": tolerance(name, prec)}}
+        if prec == "mixed":
+            record = dict(mixed.record)
+            record["int8_layers"] = [{**r, "node": nodes[r["layer"]]} for r in record["int8_layers"]]
+            out[name]["mixed"] = record
+    return out

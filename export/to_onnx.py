@@ -17,7 +17,7 @@ from edgevlm.bundle import GRAPHS
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision
 from edgevlm.export.manifest import write_manifest
-from edgevlm.export.quantize import TOLERANCE, compare, precisions, quantize_graph, within
+from edgevlm.export.quantize import precisions, quantize_bundle_graphs
 from edgevlm.export.validate import (FP32_TOLERANCE, VALIDATORS, ExportValidationError, tolerance_for,
                                      validate_decoder)
 from edgevlm.models.vlm import VLM
@@ -31,14 +31,20 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
 
     attention="fused": vision attention as com.microsoft.MultiHeadAttention, decoder attention as
     com.microsoft.GroupQueryAttention (shared KV buffer).
-    quant="int8" | "int4": quantize graphs after their fp32 validation (export/quantize.py) and
-    check each against its fp32 graph under that precision's tolerance."""
+    quant="int8" | "int4" | "mixed": quantize graphs after their fp32 validation (export/quantize.py)
+    and check each against its fp32 graph under that precision's tolerance; "mixed" first measures
+    the decoder's per-layer int4 sensitivity in PyTorch on calibration images (export/quant_report.py)."""
     out = Path(out)
     precision = precisions(quant)
     if out.exists() and not overwrite:
         raise EdgeVLMError(f"output directory {out.name} already exists; choose another or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    mixed = None
+    if quant == "mixed":
+        from edgevlm.export.quant_report import eos_id, mixed_plan
+
+        mixed = mixed_plan(model, tokenizer, prompt, preprocess, eos_id(generation.get("eos_token_ids"), special_tokens))
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         validation = {}
@@ -61,18 +67,8 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
         if bad:
             worst = ", ".join(f"{k} {v['max_abs_diff']:.2e} > {v['tolerance']:.2g}" for k, v in bad.items())
             raise ExportValidationError(f"exported graphs disagree with PyTorch: {worst}")
-        for name, prec in precision.items():
-            if prec == "fp32":
-                continue
-            path, fp32_path = work / f"{name}.onnx", work / f"{name}.fp32.onnx"
-            path.rename(fp32_path)
-            quantize_graph(fp32_path, path, prec)
-            report = compare(fp32_path, path, name)
-            fp32_path.unlink()
-            if not within(report, prec):
-                raise ExportValidationError(f"{name} quantized to {prec} is outside its tolerance "
-                                            f"{TOLERANCE[prec]}: {report}")
-            validation[name]["quantized_vs_fp32"] = {**report, "tolerance": TOLERANCE[prec]}
+        for name, checks in quantize_bundle_graphs(work, precision, mixed).items():
+            validation[name].update(checks)
         tokenizer.save(str(work / "tokenizer.json"))
         manifest = write_manifest(
             work, architecture=model.cfg.architecture, config=model.cfg.to_dict(), preprocess=preprocess,
