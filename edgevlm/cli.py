@@ -198,7 +198,8 @@ def info(bundle, as_json):
               help="fused: ONNX Runtime MultiHeadAttention (vision) and GroupQueryAttention with a "
                    "shared KV buffer (decoder).")
 @click.option("--quant", type=click.Choice(["fp32", "int8", "int4", "mixed"]), default="fp32", show_default=True,
-              help="int8: dynamic int8 vision + decoder MatMuls; int4: MatMulNBits decoder, int8 vision.")
+              help="int8: dynamic int8 vision + decoder MatMuls; int4: MatMulNBits decoder, int8 vision, "
+                   "4-bit embeddings; mixed: int4 except the most sensitive decoder linears (8 bit).")
 def export(checkpoint, out, overwrite, attention, quant):
     """Export a checkpoint directory to an ONNX bundle (needs the `export` extra).
 
