@@ -1,6 +1,6 @@
 """Train the embedded default model from scratch on the scenes corpus and export it.
 
-    python -m edgevlm.train.default_model --steps 7000 --out runs/default
+    python -m edgevlm.train.default_model --steps 13000 --out runs/default
     (then the bundle is written to edgevlm/assets/default and the sample images refreshed)
 
 The default model describes synthetic shape scenes (see edgevlm.data.scenes), not photos.
@@ -68,7 +68,7 @@ def write_samples(out: Path, count: int = 8) -> list[Path]:
 
 
 @click.command()
-@click.option("--steps", default=7000, show_default=True)
+@click.option("--steps", default=13000, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--lr", default=2e-3, show_default=True)
 @click.option("--threads", default=2, show_default=True)
