@@ -60,10 +60,9 @@ def test_quantized_graphs_use_quantized_ops_and_record_precision(quant_bundle):
     assert "MatMul" not in _ops(path / "decoder.onnx")  # every linear quantized (attention is fused)
 
 
+@pytest.mark.parametrize("quant_bundle", ["mixed"], indirect=True)
 def test_mixed_keeps_the_most_sensitive_layers_at_8_bit_within_budget(quant_bundle):
-    path, quant = quant_bundle
-    if quant != "mixed":
-        pytest.skip("mixed only")
+    path, _ = quant_bundle
     record = json.loads((path / "edgevlm.json").read_text())["validation"]["decoder"]["mixed"]
     bits = _nbits(path / "decoder.onnx")
     eight = {name for name, b in bits.items() if b == 8}
