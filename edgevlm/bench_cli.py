@@ -33,13 +33,15 @@ def _print_roofline(r: dict) -> None:
 @click.option("--warmup", default=2, show_default=True, help="Untimed runs first.")
 @click.option("--new-tokens", default=16, show_default=True, help="Tokens generated per run (EOS ignored; >= 2).")
 @click.option("--split/--no-split", default=None, help="Override the bundle's image splitting.")
+@click.option("--model-format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="ort: time the bundle's ORT-format graphs (a bundle exported with --format ort).")
 @click.option("--roofline", is_flag=True,
               help="Also measure GEMM peaks and memory bandwidth here and give each stage as a fraction of its limit.")
 @click.option("--roofline-quick", is_flag=True, help="--roofline on smaller buffers (well under a second; for tests).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Write a PNG: stage breakdown and thread sweep (needs pip install 'edgevlm[bench]').")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results to this file.")
-def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new_tokens, split, roofline,
+def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new_tokens, split, model_format, roofline,
           roofline_quick, plot_path, json_path):
     """Time every stage of captioning: preprocess, vision encode, prefill, TTFT, decode.
 
@@ -66,8 +68,8 @@ def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new
 
         require_matplotlib()
     mode = "quick" if roofline_quick else "full" if roofline else None
-    results = [bench_bundle(bundle, image, c, repeat, warmup, new_tokens, split, image_size, prompt_tokens, mode)
-               for c in counts]
+    results = [bench_bundle(bundle, image, c, repeat, warmup, new_tokens, split, image_size, prompt_tokens, mode,
+                            model_format=model_format) for c in counts]
     click.echo(f"{'stage (ms)':24s}" + "".join(f"{f'{c} thread(s)':>28s}" for c in counts))
     for stage in STAGES:
         click.echo(f"{stage:24s}" + "".join(_cell(r["stages_ms"][stage]) for r in results))

@@ -4,6 +4,8 @@
       edgevlm.json          format name + version, config, graph I/O, preprocessing, prompt,
                             special tokens, generation defaults, sha256 of every file
       vision_encoder.onnx   embed_tokens.onnx   decoder.onnx   tokenizer.json
+      optional (`edgevlm export --format ort`): vision_encoder.ort embed_tokens.ort decoder.ort
+      (manifest key "ort_graphs") and required_operators.config, checksummed like the rest
 
 A bundle is refused, with a one-line BundleError, when its format or version is unknown,
 a file is missing or outside the directory, or a file's sha256 does not match. (A graph's
@@ -23,6 +25,7 @@ FORMAT_NAME = "edgevlm-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "edgevlm.json"
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder")
+MODEL_FORMATS = ("onnx", "ort")
 REQUIRED_KEYS = ("format", "format_version", "architecture", "config", "graphs", "preprocess",
                  "prompt", "special_tokens", "generation", "files")
 
@@ -47,7 +50,12 @@ class Bundle:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def graph_path(self, graph: str) -> Path:
+    def graph_path(self, graph: str, model_format: str = "onnx") -> Path:
+        if model_format == "ort":
+            if "ort_graphs" not in self.manifest:
+                raise BundleError(f"bundle {self.path.name} has no ORT-format graphs; "
+                                  "re-export it with `edgevlm export --format ort` or use --model-format onnx")
+            return _inside(self.path, self.manifest["ort_graphs"][graph])
         return self.path / self.manifest["graphs"][graph]["file"]
 
 
@@ -96,6 +104,16 @@ def open_bundle(path=None, verify: bool = True) -> Bundle:
             isinstance(graphs[g], dict) and isinstance(graphs[g].get("file"), str) for g in GRAPHS):
         raise BundleError(f"{MANIFEST}: graphs must be exactly {', '.join(GRAPHS)}, each with a 'file'")
     needed = {graphs[g]["file"] for g in GRAPHS} | {"tokenizer.json"}
+    if "ort_graphs" in manifest:
+        ort_graphs = manifest["ort_graphs"]
+        if not isinstance(ort_graphs, dict) or set(ort_graphs) != set(GRAPHS) or not all(
+                isinstance(ort_graphs[g], str) and ort_graphs[g].endswith(".ort") for g in GRAPHS):
+            raise BundleError(f"{MANIFEST}: ort_graphs must map exactly {', '.join(GRAPHS)} to .ort files")
+        needed |= set(ort_graphs.values())
+    if "required_operators" in manifest:
+        if not isinstance(manifest["required_operators"], str):
+            raise BundleError(f"{MANIFEST}: required_operators must be a file name")
+        needed.add(manifest["required_operators"])
     unlisted = sorted(needed - set(files))
     if unlisted:
         raise BundleError(f"{MANIFEST} lists no checksum for {', '.join(unlisted)}")
@@ -125,4 +143,4 @@ def describe(bundle: Bundle) -> dict:
 
 
 __all__ = ["Bundle", "open_bundle", "read_manifest", "describe", "sha256_file", "BundleError", "EdgeVLMError",
-           "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "GRAPHS"]
+           "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "GRAPHS", "MODEL_FORMATS"]

@@ -71,6 +71,8 @@ def _stream_printer(prompter):
                    "--no-split encodes one downscaled tile: much faster, but a deviation from the reference "
                    "(default from the bundle).")
 @click.option("--threads", type=int, default=0, help="Threads for ONNX Runtime (0 = all cores).")
+@click.option("--model-format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="ort: run the bundle's ORT-format graphs (a bundle exported with --format ort).")
 @click.option("--timeout", type=float, help="Give up on one caption after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (caption, tokens, timings).")
 @click.option("--stream", is_flag=True, help="Print the caption token by token as it is generated.")
@@ -78,7 +80,7 @@ def _stream_printer(prompter):
               help="Append one JSON line per image to this file as soon as it is done (progress bar on stderr).")
 @click.option("--resume", is_flag=True, help="With --out: skip the images the file already records.")
 def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, top_k, top_p,
-            repetition_penalty, seed, split, threads, timeout, as_json, stream, out, resume):
+            repetition_penalty, seed, split, threads, model_format, timeout, as_json, stream, out, resume):
     """Caption images: files, directories or glob patterns.
 
     \b
@@ -102,10 +104,10 @@ def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, t
                top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, do_sample=True if sampling else None)
     if out is not None:
         with ResultsFile(out, resume=resume) as results:  # refuse a used file before loading the model
-            vlm = _load_model(model_dir, threads, gen)
+            vlm = _load_model(model_dir, threads, gen, model_format)
             _caption_to_file(paths, results, lambda p: _record(vlm.run(p, prompt, split=split, timeout=timeout, **gen)))
         return
-    vlm = _load_model(model_dir, threads, gen)
+    vlm = _load_model(model_dir, threads, gen, model_format)
     failures = 0
     for name in paths:
         try:
@@ -130,10 +132,10 @@ def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, t
         sys.exit(2)
 
 
-def _load_model(model_dir, threads, gen):
+def _load_model(model_dir, threads, gen, model_format="onnx"):
     import edgevlm
 
-    vlm = edgevlm.load(model_dir, threads=threads)
+    vlm = edgevlm.load(model_dir, threads=threads, model_format=model_format)
     vlm.generation_config(**gen)  # validate options once, before any image is read
     return vlm
 
@@ -200,13 +202,17 @@ def info(bundle, as_json):
 @click.option("--quant", type=click.Choice(["fp32", "int8", "int4", "mixed"]), default="fp32", show_default=True,
               help="int8: dynamic int8 vision + decoder MatMuls; int4: MatMulNBits decoder, int8 vision, "
                    "4-bit embeddings; mixed: int4 except the most sensitive decoder linears (8 bit).")
-def export(checkpoint, out, overwrite, attention, quant):
+@click.option("--format", "model_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="ort: also write each graph in ONNX Runtime's ORT format (mobile / minimal builds) and "
+                   "required_operators.config (the ops a --minimal_build needs).")
+def export(checkpoint, out, overwrite, attention, quant, model_format):
     """Export a checkpoint directory to an ONNX bundle (needs the `export` extra).
 
     \b
     Example:
       edgevlm export runs/default -o my_bundle/
       edgevlm export runs/default -o fast_bundle/ --attention fused --quant int4
+      edgevlm export runs/default -o mobile_bundle/ --format ort
     """
     try:
         from edgevlm.export.to_onnx import export_bundle
@@ -217,7 +223,7 @@ def export(checkpoint, out, overwrite, attention, quant):
     manifest = export_bundle(ckpt.model, ckpt.tokenizer, out, preprocess=ckpt.preprocess.to_dict(),
                              prompt=ckpt.prompt.to_dict(), special_tokens=ckpt.special_tokens,
                              generation=ckpt.generation.to_dict(), overwrite=overwrite,
-                             attention=attention, quant=quant)
+                             attention=attention, quant=quant, model_format=model_format)
     diffs = ", ".join(f"{g} {v['max_abs_diff']:.1e}" for g, v in manifest["validation"].items())
     click.echo(f"wrote {out} (validated against PyTorch: {diffs})")
 

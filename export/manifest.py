@@ -23,13 +23,17 @@ def graph_io(path: Path) -> dict:
 
 
 def write_manifest(out: Path, *, architecture: str, config: dict, preprocess: dict, prompt: dict,
-                   special_tokens: dict, generation: dict, validation: dict, precision: str | dict = "fp32") -> dict:
-    """precision: one for every graph, or {graph: precision}."""
+                   special_tokens: dict, generation: dict, validation: dict, precision: str | dict = "fp32",
+                   ort_graphs: dict | None = None, ops_config: str | None = None) -> dict:
+    """precision: one for every graph, or {graph: precision}.
+    ort_graphs: {graph: .ort file} and ops_config (file name) for an ORT-format export (export/ort_format.py):
+    listed under "ort_graphs" / "required_operators" and checksummed like every other file."""
     graphs = {}
     for name in GRAPHS:
         prec = precision[name] if isinstance(precision, dict) else precision
         graphs[name] = {"file": f"{name}.onnx", "precision": prec, **graph_io(out / f"{name}.onnx")}
-    files = sorted([f"{g}.onnx" for g in GRAPHS] + ["tokenizer.json"])
+    files = sorted([f"{g}.onnx" for g in GRAPHS] + ["tokenizer.json"] + list((ort_graphs or {}).values())
+                   + ([ops_config] if ops_config else []))
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -42,6 +46,8 @@ def write_manifest(out: Path, *, architecture: str, config: dict, preprocess: di
         "special_tokens": special_tokens,
         "generation": generation,
         "validation": validation,
+        **({"ort_graphs": dict(ort_graphs)} if ort_graphs else {}),
+        **({"required_operators": ops_config} if ops_config else {}),
         "files": {name: sha256_file(out / name) for name in files},
     }
     tmp = out / (MANIFEST + ".tmp")

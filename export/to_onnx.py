@@ -26,15 +26,19 @@ from edgevlm.models.vlm import VLM
 def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: dict, prompt: dict,
                   special_tokens: dict, generation: dict, overwrite: bool = False,
                   tolerance: float = FP32_TOLERANCE, progress: bool = True,
-                  attention: str = "default", quant: str = "fp32") -> dict:
+                  attention: str = "default", quant: str = "fp32", model_format: str = "onnx") -> dict:
     """Export, validate against PyTorch, and write the manifest. Returns the manifest.
 
     attention="fused": vision attention as com.microsoft.MultiHeadAttention, decoder attention as
     com.microsoft.GroupQueryAttention (shared KV buffer).
     quant="int8" | "int4" | "mixed": quantize graphs after their fp32 validation (export/quantize.py)
     and check each against its fp32 graph under that precision's tolerance; "mixed" first measures
-    the decoder's per-layer int4 sensitivity in PyTorch on calibration images (export/quant_report.py)."""
+    the decoder's per-layer int4 sensitivity in PyTorch on calibration images (export/quant_report.py).
+    model_format="ort": also write each (final) graph in ONNX Runtime's ORT format plus
+    required_operators.config (export/ort_format.py); the .onnx graphs stay."""
     out = Path(out)
+    if model_format not in ("onnx", "ort"):
+        raise EdgeVLMError(f"unknown export format {model_format!r} (onnx or ort)")
     precision = precisions(quant)
     if out.exists() and not overwrite:
         raise EdgeVLMError(f"output directory {out.name} already exists; choose another or pass --overwrite")
@@ -70,10 +74,15 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
         for name, checks in quantize_bundle_graphs(work, precision, mixed).items():
             validation[name].update(checks)
         tokenizer.save(str(work / "tokenizer.json"))
+        ort_graphs = ops_config = None
+        if model_format == "ort":
+            from edgevlm.export.ort_format import OPS_CONFIG, write_ort_graphs
+
+            ort_graphs, ops_config = write_ort_graphs(work), OPS_CONFIG
         manifest = write_manifest(
             work, architecture=model.cfg.architecture, config=model.cfg.to_dict(), preprocess=preprocess,
             prompt=prompt, special_tokens=special_tokens, generation=generation,
-            validation=validation, precision=precision,
+            validation=validation, precision=precision, ort_graphs=ort_graphs, ops_config=ops_config,
         )
         if out.exists():
             shutil.rmtree(out)

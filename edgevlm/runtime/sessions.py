@@ -14,9 +14,9 @@ from pathlib import Path
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from edgevlm.bundle import GRAPHS, Bundle
+from edgevlm.bundle import GRAPHS, MODEL_FORMATS, Bundle
 from edgevlm.config import VLMConfig
-from edgevlm.errors import BundleError
+from edgevlm.errors import BundleError, ConfigError
 from edgevlm.onnx_safety import check_external_data
 
 
@@ -25,6 +25,7 @@ class RuntimeOptions:
     threads: int = 0  # 0: all physical cores this process may use
     spinning: bool = True  # spin-wait between ops: lower latency, busier cores
     optimization: str = "all"  # "all" | "extended" | "basic" | "disabled"
+    model_format: str = "onnx"  # "onnx" | "ort": the bundle's ORT-format graphs (edgevlm export --format ort)
 
 
 _LEVELS = {
@@ -56,12 +57,21 @@ def session_options(opts: RuntimeOptions) -> ort.SessionOptions:
 
 
 def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.InferenceSession]:
+    if opts.model_format not in MODEL_FORMATS:
+        raise ConfigError(f"model format must be one of {', '.join(MODEL_FORMATS)}, got {opts.model_format!r}")
     so = session_options(opts)
+    if opts.model_format == "ort":
+        # an ORT-format graph is a flatbuffer without external data: the bundle check (inside the
+        # directory, listed, sha256) is its file check; say the format rather than trust the suffix
+        so.add_session_config_entry("session.load_model_format", "ORT")
     sessions = {}
     for name in GRAPHS:
-        path = bundle.graph_path(name)
-        # external data must be a listed (so checksummed) file inside the bundle, before ORT reads it
-        check_external_data(path, bundle.path, allowed=set(bundle.manifest["files"]))
+        path = bundle.graph_path(name, opts.model_format)
+        if opts.model_format == "onnx":
+            # external data must be a listed (so checksummed) file inside the bundle, before ORT reads it
+            check_external_data(path, bundle.path, allowed=set(bundle.manifest["files"]))
+        elif path.name not in bundle.manifest["files"] or not path.is_file():
+            raise BundleError(f"bundle file {path.name} is missing or not checksummed in edgevlm.json")
         try:
             # enable_fallback=0: on a failure, onnxruntime's wrapper would print an "EP Error" banner
             # to stdout and retry with the same provider
