@@ -29,13 +29,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE = Path(__file__).resolve().parents[1] / "edgevlm" / "assets" / "samples" / "scene_00.png"
 
 
-def _run(cmd: list[str], log: list[str]) -> float:
-    """Run an edgevlm CLI command (echoed and recorded); returns its wall time in seconds."""
+def _run(cmd: list[str], log: list[str], check: bool = True) -> float | str:
+    """Run an edgevlm CLI command (echoed and recorded); returns its wall time in seconds, or
+    (check=False) its one-line error when it fails."""
     text = " ".join(cmd)
     print(f"$ {text}", flush=True)
     log.append(text)
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "edgevlm.cli", *cmd], check=True)
+    done = subprocess.run([sys.executable, "-m", "edgevlm.cli", *cmd], stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
+    if done.returncode:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        if check:
+            raise SystemExit(f"failed: edgevlm {text}")
+        return errors[-1] if errors else f"exit {done.returncode}"
     return time.time() - t0
 
 
@@ -72,7 +79,8 @@ def _latency_ms(bundle: Path, threads: int, repeat: int) -> dict:
 @click.option("--threads", default=2, show_default=True)
 @click.option("--work", default="runs/distill_experiment", show_default=True, type=click.Path(path_type=Path))
 @click.option("--out", default=str(RESULTS / "distill_experiment"), show_default=True)
-def main(teacher, student, steps, batch_size, temperature, alpha, scenes, threads, work, out):
+@click.option("--reuse", is_flag=True, help="Keep students already trained to --steps in --work.")
+def main(teacher, student, steps, batch_size, temperature, alpha, scenes, threads, work, out, reuse):
     work.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     common = ["--steps", str(steps), "--batch-size", str(batch_size), "--seed", "0", "--threads", str(threads)]
@@ -85,14 +93,24 @@ def main(teacher, student, steps, batch_size, temperature, alpha, scenes, thread
                        "--temperature", str(temperature), "--alpha", str(alpha)]),
     ):
         ckpt, bundle = work / name, work / f"{name}_bundle"
-        for stale in (ckpt, bundle):
-            shutil.rmtree(stale, ignore_errors=True)
-        train_s = _run([*cmd, *common, "-o", str(ckpt), "--export", str(bundle)], log)
-        rows[name] = {"checkpoint": ckpt, "bundle": bundle, "train_s": round(train_s)}
-    for quant in ("int8", "int4"):
+        timing = ckpt / "experiment_train_s.json"  # wall time of the train/distill command
+        if not (reuse and timing.exists() and _steps_done(ckpt) == steps and bundle.exists()):
+            for stale in (ckpt, bundle):
+                shutil.rmtree(stale, ignore_errors=True)
+            train_s = _run([*cmd, *common, "-o", str(ckpt), "--export", str(bundle)], log)
+            timing.write_text(json.dumps({"train_s": round(train_s)}))
+        else:
+            log.append(" ".join([*cmd, *common, "-o", str(ckpt), "--export", str(bundle)]) + "   # reused")
+        rows[name] = {"checkpoint": ckpt, "bundle": bundle, "train_s": json.loads(timing.read_text())["train_s"]}
+    refused = {}
+    for quant in ("int8", "int4", "mixed"):
         bundle = work / f"distilled_{quant}_bundle"
         shutil.rmtree(bundle, ignore_errors=True)
-        _run(["export", str(work / "distilled"), "-o", str(bundle), "--quant", quant], log)
+        outcome = _run(["export", str(work / "distilled"), "-o", str(bundle), "--quant", quant,
+                        "--attention", "fused"], log, check=False)
+        if isinstance(outcome, str):  # the export's quality gate refused it: reported, not hidden
+            refused[f"distilled {quant}"] = outcome
+            continue
         rows[f"distilled {quant}"] = {"checkpoint": work / "distilled", "bundle": bundle, "train_s": None}
     table = []
     for name, row in rows.items():
@@ -112,10 +130,15 @@ def main(teacher, student, steps, batch_size, temperature, alpha, scenes, thread
         row["cider_vs_teacher"] = round(row["CIDEr-D"] / teacher_cider, 4)
     result = {"settings": {"student": student, "steps": steps, "batch_size": batch_size, "temperature": temperature,
                            "alpha": alpha, "scenes": scenes, "split": "test", "threads": threads},
-              "commands": log, "rows": table}
+              "commands": log, "rows": table, "refused_exports": refused}
     Path(f"{out}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     Path(f"{out}.md").write_text(_markdown(result))
     print(_markdown(result))
+
+
+def _steps_done(ckpt: Path) -> int | None:
+    state = ckpt / "state.json"
+    return json.loads(state.read_text()).get("step") if state.exists() else None
 
 
 def _opt(value, fmt: str) -> str:
@@ -133,6 +156,8 @@ def _markdown(result: dict) -> str:
                      f"{r['single_object_colour_shape']:.3f} | {_opt(r['token_agreement'], '.3f')} | "
                      f"{_opt(r['kl_to_teacher'], '.4f')} | "
                      f"{ms['median']} ({ms['min']}-{ms['max']}) | {r['train_s'] or '-'} |")
+    for name, why in result.get("refused_exports", {}).items():
+        lines.append(f"| {name} | refused by the export's quality gate: {why} |" + " |" * 10)
     s = result["settings"]
     lines += ["", f"Student `{s['student']}`, {s['steps']} steps of batch {s['batch_size']} each; "
               f"tau {s['temperature']}, alpha {s['alpha']}; {s['scenes']} held-out test scenes; {s['threads']} threads.",
