@@ -7,6 +7,7 @@ import onnxruntime as ort
 
 from edgevlm.config import TextConfig
 from edgevlm.runtime.kv_cache import KVCache
+from edgevlm.runtime.sessions import run_bound
 
 # decoder.onnx metadata written by `edgevlm export --attention fused`: past.* and present.* may be one buffer
 KV_CACHE_KEY = "edgevlm.kv_cache"
@@ -42,7 +43,7 @@ class OnnxDecoder:
         self.cache.bind(binding, rows)
         logits = self.logits[:rows]  # [rows, V]
         binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        self.decoder.run_with_iobinding(binding)
+        run_bound(self.decoder, binding)
         self.cache.swap()
         return logits
 
@@ -70,7 +71,7 @@ class OnnxDecoder:
         binding = self.embed.io_binding()
         binding.bind_cpu_input("input_ids", self.step_ids)
         binding.bind_ortvalue_output("inputs_embeds", ort.OrtValue.ortvalue_from_numpy(self.step_embeds))
-        self.embed.run_with_iobinding(binding)  # -> step_embeds [B, 1, D]
+        run_bound(self.embed, binding)  # -> step_embeds [B, 1, D]
         self.step_positions[:] = self.pos
         self.pos += 1
         return self._run(self.step_embeds, self.step_positions, rows=self.step_ids.shape[0])

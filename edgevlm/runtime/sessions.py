@@ -84,8 +84,21 @@ def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.Inferen
 
 # Every exception type onnxruntime raises (Fail, InvalidArgument, RuntimeException, ...; all plain Exceptions),
 # and UnicodeDecodeError: what its bindings raise instead when a name or message from a corrupt graph is not UTF-8.
+class BoundRunError(RuntimeError):
+    """A run_with_iobinding failure: onnxruntime reports those as a plain RuntimeError."""
+
+
+def run_bound(session, binding) -> None:
+    """session.run_with_iobinding, with its failures (e.g. a corrupt graph's shape mismatch at
+    run time) as BoundRunError, so they are told apart from RuntimeErrors of our own code."""
+    try:
+        session.run_with_iobinding(binding)
+    except RuntimeError as exc:
+        raise BoundRunError(str(exc)) from None
+
+
 ORT_ERRORS = tuple(v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception)) + (
-    UnicodeDecodeError,)
+    UnicodeDecodeError, BoundRunError)
 
 
 def ort_message(exc: BaseException, bundle_dir: Path) -> str:
