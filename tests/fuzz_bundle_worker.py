@@ -14,7 +14,6 @@ that the mutants point at and that must never be opened; the parent checks that 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -26,121 +25,26 @@ from collections import Counter
 from pathlib import Path
 
 from edgevlm.errors import EdgeVLMError
+from tests.fuzz_mutations import (FileFuzzer, sha256_of, flip_bits, message_spans, mutate_json, rewrite_size_field,
+                                  truncate)
 
 BEGIN_MARKER = "/nonexistent-edgevlm-fuzz-begin"  # an open() of these shows up in strace's log
 END_MARKER = "/nonexistent-edgevlm-fuzz-end"
-ODD_VALUES = [None, True, False, 0, -1, 1, 2, 3, 7, 2**31, 2**63, -(2**63), 1e308, float("nan"), 0.5, "", "x",
-              "../../outside/secret.bin", [], [1, 2], {}, {"a": 1}]
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def flip_bits(data: bytes, rng: random.Random, max_flips: int = 8) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, max_flips)):
-        i = rng.randrange(len(out))
-        out[i] ^= 1 << rng.randrange(8)
-    return bytes(out)
-
-
-def truncate(data: bytes, rng: random.Random) -> bytes:
-    return data[: rng.randrange(len(data))]
-
-
-def mutate_json(value, rng: random.Random):
-    """Replace, delete or retype one randomly chosen node of a JSON document."""
-    containers = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key in node:
-                containers.append((node, key))
-                walk(node[key])
-        elif isinstance(node, list):
-            for i in range(len(node)):
-                containers.append((node, i))
-                walk(node[i])
-
-    walk(value)
-    if not containers:
-        return rng.choice(ODD_VALUES)
-    parent, key = rng.choice(containers)
-    action = rng.random()
-    if action < 0.25 and isinstance(parent, dict):
-        del parent[key]
-    elif action < 0.4 and isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool):
-        parent[key] = parent[key] * rng.choice([-1, 0, 2, 1000, 10**9]) + rng.choice([0, 1, -1])
-    else:
-        parent[key] = rng.choice(ODD_VALUES)
-    return value
-
-
-def message_spans(data: bytes) -> list[tuple[int, int]]:
-    """(position, byte count) of the length varint of every length-delimited field reachable
-    through the ONNX schema (TensorProto fields included): the protobuf size fields to rewrite."""
-    from edgevlm.onnx_safety import _SCHEMA, _varint
-
-    spans, stack = [], [("ModelProto", 0, len(data))]
-    while stack:
-        kind, pos, end = stack.pop()
-        while pos < end:
-            key, pos = _varint(data, pos, end)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                pos = _varint(data, pos, end)[1]
-            elif wire in (1, 5):
-                pos += 8 if wire == 1 else 4
-            else:
-                size, body = _varint(data, pos, end)
-                spans.append((pos, body - pos))
-                child = _SCHEMA.get(kind, {}).get(number)
-                if child is not None:
-                    stack.append((child, body, body + size))
-                pos = body + size
-    return spans
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def rewrite_size_field(data: bytes, rng: random.Random, spans) -> bytes:
-    pos, width = rng.choice(spans)
-    old = _read_varint(data, pos)
-    new = rng.choice([0, 1, old - 1, old + 1, old * 2, old + 1000, 2**31 - 1, 2**32 + 5, 2**62, len(data)])
-    return data[:pos] + encode_varint(max(new, 0)) + data[pos + width:]
-
-
-def _read_varint(data, pos):
-    from edgevlm.onnx_safety import _varint
-
-    return _varint(data, pos, len(data))[0]
-
-
-# --------------------------------------------------------------------------- bundles
-
-
-class BundleFuzzer:
+class BundleFuzzer(FileFuzzer):
     GRAPHS = ("vision_encoder.onnx", "embed_tokens.onnx", "decoder.onnx")
 
     def __init__(self, src: Path, work: Path, image: str):
-        self.bundle = work / "bundle"
-        shutil.copytree(src, self.bundle)
+        self.root = work / "bundle"
+        shutil.copytree(src, self.root)
         outside = work / "outside"
         outside.mkdir()
         (outside / "secret.bin").write_bytes(os.urandom(1 << 16))
-        (self.bundle / "escape.bin").symlink_to(outside / "secret.bin")  # a link out, never listed
+        (self.root / "escape.bin").symlink_to(outside / "secret.bin")  # a link out, never listed
         self.secret = outside / "secret.bin"
         self.image = image
-        self.pristine = {p.name: p.read_bytes() for p in self.bundle.iterdir() if p.is_file() and not p.is_symlink()}
+        self.pristine = {p.name: p.read_bytes() for p in self.root.iterdir() if p.is_file() and not p.is_symlink()}
         self.manifest = json.loads(self.pristine["edgevlm.json"])
         self.dirty: set[str] = set()
         self.spans = {g: message_spans(self.pristine[g]) for g in self.GRAPHS}
@@ -156,24 +60,12 @@ class BundleFuzzer:
             "tokenizer": (2, self.tokenizer),
         }
 
-    def put(self, name: str, data: bytes) -> None:
-        (self.bundle / name).write_bytes(data)
-        self.dirty.add(name)
-
-    def restore(self) -> None:
-        for name in self.dirty:
-            if name in self.pristine:
-                (self.bundle / name).write_bytes(self.pristine[name])
-            else:
-                (self.bundle / name).unlink()
-        self.dirty = set()
-
     def write(self, name: str, data: bytes, manifest: dict | None = None, listed: bool = True) -> None:
         """Write a mutated file and (as an attacker controlling the whole bundle would) its checksum."""
         self.put(name, data)
         manifest = json.loads(json.dumps(manifest or self.manifest))
         if listed:
-            manifest["files"][name] = _sha(self.bundle / name)
+            manifest["files"][name] = sha256_of(self.root / name)
         self.put("edgevlm.json", json.dumps(manifest).encode())
 
     def checksum_mismatch(self, rng):
@@ -210,7 +102,7 @@ class BundleFuzzer:
         variant = rng.choice(["valid", "valid", "dotdot", "absolute", "symlink", "missing", "unlisted",
                               "offset_past_end", "length_past_end", "bad_number", "ort_memory_tag", "nul_byte",
                               "no_location", "dir", "deep_dotdot"])
-        file_size = (self.bundle / "weights.bin").stat().st_size
+        file_size = (self.root / "weights.bin").stat().st_size
         if variant == "dotdot":
             location, safe = "../outside/secret.bin", False
         elif variant == "deep_dotdot":
@@ -246,7 +138,7 @@ class BundleFuzzer:
             entry.key, entry.value = key, value
         manifest = json.loads(json.dumps(self.manifest))
         if listed:
-            manifest["files"]["weights.bin"] = _sha(self.bundle / "weights.bin")
+            manifest["files"]["weights.bin"] = sha256_of(self.root / "weights.bin")
         self.write(name, model.SerializeToString(), manifest)
         return "external_ok" if safe else "reject_before_ort"
 
@@ -286,7 +178,7 @@ class BundleFuzzer:
         from edgevlm.runtime.sessions import RuntimeOptions
 
         stage = "open_bundle"
-        bundle = open_bundle(self.bundle)
+        bundle = open_bundle(self.root)
         stage = "load"
         vlm = VLM(bundle, RuntimeOptions(threads=1))
         stage = "caption"
@@ -297,11 +189,11 @@ class BundleFuzzer:
 # --------------------------------------------------------------------------- checkpoints
 
 
-class CheckpointFuzzer:
+class CheckpointFuzzer(FileFuzzer):
     def __init__(self, src: Path, work: Path):
-        self.dir = work / "checkpoint"
-        shutil.copytree(src, self.dir)
-        self.pristine = {p.name: p.read_bytes() for p in self.dir.iterdir()}
+        self.root = work / "checkpoint"
+        shutil.copytree(src, self.root)
+        self.pristine = {p.name: p.read_bytes() for p in self.root.iterdir()}
         st = self.pristine["model.safetensors"]
         (size,) = struct.unpack("<Q", st[:8])
         self.header, self.body = json.loads(st[8:8 + size]), st[8 + size:]
@@ -315,15 +207,6 @@ class CheckpointFuzzer:
             "state_json": (2, self.state_json),
             "export_json": (1, self.export_json),
         }
-
-    def put(self, name: str, data: bytes) -> None:
-        (self.dir / name).write_bytes(data)
-        self.dirty.add(name)
-
-    def restore(self) -> None:
-        for name in self.dirty:
-            (self.dir / name).write_bytes(self.pristine[name])
-        self.dirty = set()
 
     def _write_st(self, header: dict, size: int | None = None, body: bytes | None = None) -> None:
         raw = json.dumps(header).encode()
@@ -383,7 +266,7 @@ class CheckpointFuzzer:
     def attempt(self):
         from edgevlm.models.registry import load_checkpoint
 
-        load_checkpoint(self.dir)
+        load_checkpoint(self.root)
         return "load"
 
 
