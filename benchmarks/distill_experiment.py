@@ -80,9 +80,55 @@ def _latency_ms(bundle: Path, threads: int, repeat: int) -> dict:
 @click.option("--work", default="runs/distill_experiment", show_default=True, type=click.Path(path_type=Path))
 @click.option("--out", default=str(RESULTS / "distill_experiment"), show_default=True)
 @click.option("--reuse", is_flag=True, help="Keep students already trained to --steps in --work.")
-def main(teacher, student, steps, batch_size, temperature, alpha, scenes, threads, work, out, reuse):
+@click.option("--from-run", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Score the models trained by benchmarks/distill_gpu.py in this folder instead of training here "
+                   "(--teacher, --student, --steps and the KD settings then come from its run.json).")
+def main(teacher, student, steps, batch_size, temperature, alpha, scenes, threads, work, out, reuse, from_run):
     work.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
+    if from_run:
+        rows, settings = _rows_from_run(from_run, work, scenes, log)
+    else:
+        rows = _train_rows(teacher, student, steps, batch_size, temperature, alpha, threads, work, reuse, log)
+        settings = {"student": student, "steps": steps, "batch_size": batch_size, "temperature": temperature,
+                    "alpha": alpha}
+    _score(rows, settings, scenes, threads, work, out, log)
+
+
+def _rows_from_run(run_dir: Path, work: Path, scenes: int, log: list[str]):
+    """Checkpoints from a distill_gpu.py run; the distillation setting is picked by CIDEr-D on the
+    VAL split (the test split only ever scores the pick)."""
+    from distill_run_import import import_run
+
+    ckpts, run = import_run(run_dir, work)
+    rows = {}
+    for name in ("teacher", "scratch"):
+        bundle = work / f"{name}_bundle"
+        shutil.rmtree(bundle, ignore_errors=True)
+        _run(["export", str(ckpts[name]), "-o", str(bundle)], log)
+        rows[name] = {"checkpoint": ckpts[name], "bundle": bundle, "train_s": run["models"][name]["train_s"]}
+    val = {}
+    for name in [n for n in ckpts if n.startswith("distilled_")]:
+        bundle = work / f"{name}_bundle"
+        shutil.rmtree(bundle, ignore_errors=True)
+        _run(["export", str(ckpts[name]), "-o", str(bundle)], log)
+        metrics = work / f"{name}_val_metrics.json"
+        _run(["eval", str(bundle), "--split", "val", "--scenes", str(scenes), "--json", str(metrics)], log)
+        val[name] = json.loads(metrics.read_text())["CIDEr-D"]
+    pick = max(val, key=val.get)
+    rows["distilled"] = {"checkpoint": ckpts[pick], "bundle": work / f"{pick}_bundle",
+                         "train_s": run["models"][pick]["train_s"]}
+    variant = run["variants"][pick.removeprefix("distilled_")]
+    settings = {"student": run["student_preset"], "teacher": run["teacher_preset"],
+                "steps": run["models"][pick]["steps"], "teacher_steps": run["models"]["teacher"]["steps"],
+                "batch_size": run["batch_size"], "temperature": variant["temperature"], "alpha": variant["alpha"],
+                "picked_on_val": pick, "val_cider": val, "variant": variant, "trained_on": run.get("gpu") or run["device"],
+                "torch_train": run["torch"], "teacher_fp16_max_logit_drift": run.get("teacher_fp16_max_logit_drift"),
+                "train_command": "python benchmarks/distill_gpu.py " + run.get("argv", "")}
+    return rows, settings
+
+
+def _train_rows(teacher, student, steps, batch_size, temperature, alpha, threads, work, reuse, log):
     common = ["--steps", str(steps), "--batch-size", str(batch_size), "--seed", "0", "--threads", str(threads)]
     rows = {"teacher": {"checkpoint": teacher, "bundle": work / "teacher_bundle", "train_s": None}}
     if not rows["teacher"]["bundle"].exists():
@@ -102,16 +148,20 @@ def main(teacher, student, steps, batch_size, temperature, alpha, scenes, thread
         else:
             log.append(" ".join([*cmd, *common, "-o", str(ckpt), "--export", str(bundle)]) + "   # reused")
         rows[name] = {"checkpoint": ckpt, "bundle": bundle, "train_s": json.loads(timing.read_text())["train_s"]}
+    return rows
+
+
+def _score(rows, settings, scenes, threads, work, out, log):
     refused = {}
     for quant in ("int8", "int4", "mixed"):
         bundle = work / f"distilled_{quant}_bundle"
         shutil.rmtree(bundle, ignore_errors=True)
-        outcome = _run(["export", str(work / "distilled"), "-o", str(bundle), "--quant", quant,
+        outcome = _run(["export", str(rows["distilled"]["checkpoint"]), "-o", str(bundle), "--quant", quant,
                         "--attention", "fused"], log, check=False)
         if isinstance(outcome, str):  # the export's quality gate refused it: reported, not hidden
             refused[f"distilled {quant}"] = outcome
             continue
-        rows[f"distilled {quant}"] = {"checkpoint": work / "distilled", "bundle": bundle, "train_s": None}
+        rows[f"distilled {quant}"] = {"checkpoint": rows["distilled"]["checkpoint"], "bundle": bundle, "train_s": None}
     table = []
     for name, row in rows.items():
         metrics_path = work / f"{name.replace(' ', '_')}_metrics.json"
@@ -128,8 +178,7 @@ def main(teacher, student, steps, batch_size, temperature, alpha, scenes, thread
     teacher_cider = table[0]["CIDEr-D"]
     for row in table:
         row["cider_vs_teacher"] = round(row["CIDEr-D"] / teacher_cider, 4)
-    result = {"settings": {"student": student, "steps": steps, "batch_size": batch_size, "temperature": temperature,
-                           "alpha": alpha, "scenes": scenes, "split": "test", "threads": threads},
+    result = {"settings": {**settings, "scenes": scenes, "split": "test", "threads": threads},
               "commands": log, "rows": table, "refused_exports": refused}
     Path(f"{out}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     Path(f"{out}.md").write_text(_markdown(result))
@@ -161,6 +210,11 @@ def _markdown(result: dict) -> str:
     s = result["settings"]
     lines += ["", f"Student `{s['student']}`, {s['steps']} steps of batch {s['batch_size']} each; "
               f"tau {s['temperature']}, alpha {s['alpha']}; {s['scenes']} held-out test scenes; {s['threads']} threads.",
+              *([f"Trained on {s['trained_on']} (torch {s['torch_train']}) by `{s['train_command'].strip()}`: teacher "
+                 f"preset `{s['teacher']}`, {s['teacher_steps']} steps. Distillation setting picked on the val split "
+                 f"(CIDEr-D {s['val_cider']}): `{s['picked_on_val']}` {s['variant']}. The teacher's weights came back "
+                 f"as fp16 (max logit change from that rounding, measured before the transfer: "
+                 f"{s['teacher_fp16_max_logit_drift']})."] if "picked_on_val" in s else []),
               "", "Commands:", "", *[f"    edgevlm {c}" for c in result["commands"]]]
     return "\n".join(lines) + "\n"
 

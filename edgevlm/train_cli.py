@@ -96,6 +96,8 @@ def _common(func):
         click.option("--lr", default=2e-3, show_default=True),
         click.option("--seed", default=0, show_default=True),
         click.option("--threads", default=2, show_default=True),
+        click.option("--device", default="cpu", show_default=True,
+                     help="cpu, cuda, cuda:N or auto (a GPU when torch sees one)."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
         click.option("--export", "export_dir", type=click.Path(path_type=Path), help="Export a bundle here when done."),
     ]):
@@ -104,7 +106,7 @@ def _common(func):
 
 
 def _run(model, items, setup, out, steps, batch_size, lr, seed, threads, resume, export_dir, objective=None,
-         stop_at=None):
+         stop_at=None, device="cpu"):
     import torch
 
     from edgevlm.models.loaders.native import write_export_info
@@ -118,7 +120,7 @@ def _run(model, items, setup, out, steps, batch_size, lr, seed, threads, resume,
     batches = CaptionBatches(items, Prompter(tokenizer, prompt), pre, gen.eos_token_ids[0], special["pad"], batch_size)
     if stop_at is not None and stop_at < 1:
         raise ConfigError(f"--stop-at must be >= 1, got {stop_at}")
-    train(model, batches, TrainConfig(steps=steps, lr=lr, seed=seed, stop_at=stop_at), out, resume=resume,
+    train(model, batches, TrainConfig(steps=steps, lr=lr, seed=seed, stop_at=stop_at, device=device), out, resume=resume,
           objective=objective or caption_loss)
     if export_dir:
         from edgevlm.export.to_onnx import export_bundle
@@ -131,7 +133,7 @@ def _run(model, items, setup, out, steps, batch_size, lr, seed, threads, resume,
 @click.command("train")
 @click.option("--preset", "preset_name", default="default", show_default=True, help="Model size: nano, micro, default, teacher.")
 @_common
-def train_command(preset_name, data, out, steps, stop_at, batch_size, lr, seed, threads, resume, export_dir):
+def train_command(preset_name, data, out, steps, stop_at, batch_size, lr, seed, threads, device, resume, export_dir):
     """Train a captioning model from scratch (scenes vocabulary and preprocessing).
 
     \b
@@ -156,7 +158,7 @@ def train_command(preset_name, data, out, steps, stop_at, batch_size, lr, seed, 
     items = open_dataset(data)
     prompt = dataclasses.replace(prompt, image_seq_len=cfg.image_seq_len)
     _run(model, items, (tokenizer, prompt, pre, gen, special_tokens(tokenizer)), out, steps, batch_size, lr, seed,
-         threads, resume, export_dir, stop_at=stop_at)
+         threads, resume, export_dir, stop_at=stop_at, device=device)
 
 
 @click.command("distill")
@@ -171,7 +173,7 @@ def train_command(preset_name, data, out, steps, stop_at, batch_size, lr, seed, 
 @click.option("--feature-hidden", is_flag=True, help="With --feature-weight: also match the final hidden states.")
 @_common
 def distill_command(teacher, student, temperature, alpha, init_from_teacher, feature_weight, feature_hidden, data, out,
-                    steps, stop_at, batch_size, lr, seed, threads, resume, export_dir):
+                    steps, stop_at, batch_size, lr, seed, threads, device, resume, export_dir):
     """Distil a teacher into a compact student (token-level KL + caption CE).
 
     Unlabeled images (an image folder, or JSONL records without captions) are first
@@ -211,4 +213,5 @@ def distill_command(teacher, student, temperature, alpha, init_from_teacher, fea
     dc = DistillConfig(temperature=temperature, alpha=alpha, feature_weight=feature_weight, feature_hidden=feature_hidden)
     objective = DistillObjective(ckpt.model, dc, student_cfg=cfg)
     _run(model, items, (ckpt.tokenizer, ckpt.prompt, ckpt.preprocess, ckpt.generation, ckpt.special_tokens),
-         out, steps, batch_size, lr, seed, threads, resume, export_dir, objective=objective, stop_at=stop_at)
+         out, steps, batch_size, lr, seed, threads, resume, export_dir, objective=objective, stop_at=stop_at,
+         device=device)

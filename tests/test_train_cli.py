@@ -62,3 +62,22 @@ def test_distill_with_feature_matching_exports_only_the_student(teacher, tmp_pat
     assert not any("objective" in name for name in files)  # ... but not exported
     caption = run("caption", "edgevlm/assets/samples/scene_00.png", "--model", bundle, "--json")
     assert caption.returncode == 0 and "caption" in json.loads(caption.stdout)
+
+
+def test_device_that_is_not_there_is_a_one_line_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the error path is for machines without one")
+    proc = run("train", "--preset", "nano", "--steps", 1, "--batch-size", 2, "--device", "cuda", "-o", tmp_path / "r")
+    assert proc.returncode != 0
+    assert "sees no GPU" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("train", "--preset", "nano", "--steps", 1, "--batch-size", 2, "--device", "tpu9", "-o", tmp_path / "r")
+    assert proc.returncode != 0 and "device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_device_cpu_and_auto_train(tmp_path):
+    for device in ("cpu", "auto"):
+        proc = run("train", "--preset", "nano", "--steps", 2, "--batch-size", 2, "--threads", 1, "--device", device,
+                   "-o", tmp_path / device)
+        assert proc.returncode == 0, proc.stderr

@@ -29,7 +29,7 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float):
     """position_ids [B, S] -> cos, sin [B, 1, S, hd] (frequencies repeated twice, rotate-half form)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
     angles = position_ids[..., None].float() * inv_freq  # [B, S, hd/2]
     angles = torch.cat([angles, angles], dim=-1)  # [B, S, hd]
     return angles.cos()[:, None], angles.sin()[:, None]

@@ -64,7 +64,7 @@ class VLM(nn.Module):
     def forward(self, pixel_values, input_ids):
         """Training / reference forward: all-position logits [B, S, V], no cache."""
         embeds = self.merge(input_ids, self.encode_images(pixel_values))
-        positions = torch.arange(input_ids.shape[1])[None].expand(input_ids.shape[0], -1)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand(input_ids.shape[0], -1)
         hidden, _ = self.decoder.hidden_states(embeds, positions)
         return self.decoder.lm_head(hidden)
 

@@ -108,6 +108,10 @@ class DistillObjective:
             self.trainable = FeatureProjection(student_cfg.text.hidden_size, teacher.cfg.text.hidden_size,
                                                hidden=cfg.feature_hidden)
 
+    def to(self, device) -> "DistillObjective":
+        self.teacher.to(device)
+        return self
+
     def __call__(self, student: VLM, pixels, ids, labels):
         if student.cfg.text.vocab_size != self.teacher.cfg.text.vocab_size:
             raise ConfigError("teacher and student must share the tokenizer (vocab sizes differ)")

@@ -39,7 +39,7 @@ def features(model: VLM, pixels, ids):
     final hidden states [B, S, D], logits [B, S, V])."""
     image_embeds = model.encode_images(pixels)
     embeds = model.merge(ids, image_embeds)
-    positions = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)  # [B, S]
+    positions = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)  # [B, S]
     hidden, _ = model.decoder.hidden_states(embeds, positions)
     return image_embeds, hidden, model.decoder.lm_head(hidden)
 

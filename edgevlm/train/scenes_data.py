@@ -41,10 +41,14 @@ class CaptionBatches:
         caption_ids = self.prompter.tokenizer.encode(item.captions[0], add_special_tokens=False).ids + [self.eos_id]
         return pixels[0], prompt_ids, caption_ids
 
+    def indices(self, step: int) -> list[int]:
+        """The items of batch `step`: step*B .. step*B+B-1, wrapping round the dataset."""
+        start = (step * self.batch_size) % len(self.items)
+        return [(start + j) % len(self.items) for j in range(self.batch_size)]
+
     def batch(self, step: int):
         """Batch number `step`: (pixels [B, 3, H, W], input_ids [B, S], labels [B, S])."""
-        start = (step * self.batch_size) % len(self.items)
-        examples = [self.encode(self.items[(start + j) % len(self.items)]) for j in range(self.batch_size)]
+        examples = [self.encode(self.items[i]) for i in self.indices(step)]
         length = max(len(p) + len(c) for _, p, c in examples)
         ids = np.full((self.batch_size, length), self.pad_id, dtype=np.int64)
         labels = np.full((self.batch_size, length), IGNORE, dtype=np.int64)

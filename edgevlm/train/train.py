@@ -26,7 +26,7 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from edgevlm.config import VLMConfig
-from edgevlm.errors import CheckpointError
+from edgevlm.errors import CheckpointError, ConfigError
 from edgevlm.models.vlm import VLM
 from edgevlm.train.scenes_data import IGNORE
 
@@ -41,11 +41,28 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     stop_at: int | None = None  # pause (checkpointing) after this step; the lr schedule still spans `steps`
+    device: str = "cpu"  # "cuda" where a GPU is lent; checkpoints load on any device
 
 # Trainable parts of an objective (distillation's feature projections): checkpointed beside the
 # model, in their own file so model.safetensors stays what the loaders and export expect.
 OBJECTIVE_FILE = "objective.safetensors"
 RNG_FILE = "rng.pt"  # torch's CPU RNG state: nothing draws from it in the loop today, but resume must not depend on that
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (a GPU when one is visible) -> torch.device, with a
+    one-line error for a device this machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this torch sees no GPU (torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported: use cpu, cuda, cuda:N or auto")
+    return device
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -95,7 +112,9 @@ def _restore(out: Path, model: VLM, optimizer=None, extra: torch.nn.Module | Non
         if extra is not None:
             load_model(extra, str(out / OBJECTIVE_FILE))
         if optimizer is not None:
-            optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+            # map to CPU first: a GPU run's optimiser state resumes on a CPU machine too; load_state_dict
+            # then moves each state tensor to its parameter's device
+            optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True, map_location="cpu"))
     except (RuntimeError, ValueError, SafetensorError) as exc:  # shapes / names / groups differ from this run's
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"{out.name}: cannot resume, the checkpoint does not match this model ({first})") from None
@@ -111,12 +130,19 @@ def load_checkpoint(out: Path, optimizer=None):
 
 def train(model: VLM, batches, tc: TrainConfig, out: Path, resume: bool = False, log=print,
           objective=caption_loss) -> VLM:
-    """objective(model, pixels, ids, labels) -> scalar loss (caption CE, or a DistillObjective)."""
+    """objective(model, pixels, ids, labels) -> scalar loss (caption CE, or a DistillObjective).
+    Trains on tc.device; returns the model on the CPU."""
     torch.manual_seed(tc.seed)
+    device = resolve_device(tc.device)
+    model.to(device)
+    if hasattr(objective, "to"):  # the distillation teacher follows the student
+        objective.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = getattr(objective, "trainable", None)  # e.g. distillation's feature projections
+    if extra is not None:
+        extra.to(device)
     params = list(model.parameters())
     if extra is not None:  # appended after the model's groups, so the model's optimiser state keeps its layout
         groups.append({"params": list(extra.parameters()), "weight_decay": tc.weight_decay})
@@ -140,7 +166,7 @@ def train(model: VLM, batches, tc: TrainConfig, out: Path, resume: bool = False,
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tc)
-        pixels, ids, labels = batches.batch(step)
+        pixels, ids, labels = (t.to(device, non_blocking=True) for t in batches.batch(step))
         loss = objective(model, pixels, ids, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,4 +177,4 @@ def train(model: VLM, batches, tc: TrainConfig, out: Path, resume: bool = False,
         if (step + 1) % tc.checkpoint_every == 0 or step + 1 == end:
             save_checkpoint(model, optimizer, step + 1, out, extra, schedule_steps=tc.steps)
     model.eval()
-    return model
+    return model.to("cpu")  # export and evaluation run on the CPU
