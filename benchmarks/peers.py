@@ -10,6 +10,9 @@ installed, fails to convert or crashes is listed as skipped with its reason, nev
     python benchmarks/peers.py                      # SmolVLM-256M shape, prompt 128, 64 new, 2 threads
     python benchmarks/peers.py --smoke              # tiny model, 2 repeats, 4 new tokens (CI)
     python benchmarks/peers.py --peer-python PEERS_VENV/bin/python --peers torch,edgevlm:int4,ortgenai:int4
+    python benchmarks/peers.py --peer-python PEERS_VENV/bin/python --peer-python OPTIMUM_VENV/bin/python
+        --llama-convert LLAMA_CPP/convert_hf_to_gguf.py     # (one line) every peer; optimum-onnx 0.1
+                                                            # needs transformers<4.58, so a venv of its own
 
 Writes benchmarks/results/peers.{md,json,png} (--smoke: peers_smoke.*), prints the markdown table
 and ends with one JSON line. Needs the dev extras here; peers may live in other interpreters.
@@ -33,7 +36,7 @@ import peers_model  # noqa: E402
 import peers_report  # noqa: E402
 from peers_proc import Peer, probe  # noqa: E402
 
-ADAPTERS = ("torch", "edgevlm", "ortgenai", "openvino", "llamacpp")  # torch first: the baseline
+ADAPTERS = ("torch", "edgevlm", "ortgenai", "openvino", "llamacpp", "optimum")  # torch first: the baseline
 
 
 def _skip(skipped: list, title: str, variant: str | None, reason: str) -> None:
@@ -53,7 +56,8 @@ def _args(argv):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="checkpoints (reused if present) and conversions; default: temp dir")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="where the table goes")
-    ap.add_argument("--llama-convert", type=Path, help="llama.cpp's convert_hf_to_gguf.py")
+    ap.add_argument("--llama-convert", type=Path,
+                    help="llama.cpp's convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERT, then PATH)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for one conversion, load or run")
     args = ap.parse_args(argv)
     args.new_tokens = args.new_tokens or (4 if args.smoke else 64)

@@ -71,8 +71,8 @@ def markdown(report: dict) -> str:
     for row in report["rows"]:
         versions = ", ".join(f"{k} {v}" for k, v in row["versions"].items())
         convert = f"; converted in {row['convert_s']:.0f} s" if row.get("convert_s") else ""
-        notes = "".join(f"; {k}: {v}" for k, v in {**row["info"], **({"quality gate": row["quality_gate"]}
-                                                                  if row.get("quality_gate") else {})}.items())
+        extra = {"quality gate": row.get("quality_gate"), "note": row.get("note")}  # from prepare
+        notes = "".join(f"; {k}: {v}" for k, v in {**row["info"], **{k: v for k, v in extra.items() if v}}.items())
         lines.append(f"- {row['title']} {row['variant']} ({versions}{convert}{notes}): `{row['command']}`")
     d = report["device"]
     lines += ["", f"Machine: {d['cpu']}, {d['cores']} cores ({', '.join(d['isa'])}), {d['ram_gb']} GB, {d['os']}; "

@@ -43,10 +43,14 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
-def _check(result: dict, spec: dict) -> dict:
+def _check(result: dict, spec: dict, decodes: bool = True) -> dict:
     """Refuse a run that did not do the workload: a wrong token count or a non-positive time
-    would otherwise enter the table as a plausible-looking number."""
-    if result.get("tokens") != spec["new_tokens"]:
+    would otherwise enter the table as a plausible-looking number. A vision-only adapter
+    (DECODES = False) must give a vision time and no decoder times instead."""
+    if not decodes:
+        if result.get("vision_ms_per_tile") is None or {"prefill_ms", "decode_ms_per_token"} & result.keys():
+            raise RuntimeError("a vision-only peer must time one tile and no decoder")
+    elif result.get("tokens") != spec["new_tokens"]:
         raise RuntimeError(f"generated {result.get('tokens')} tokens, the workload forces {spec['new_tokens']}")
     for key in METRICS:
         value = result.get(key)
@@ -59,13 +63,14 @@ def _serve(adapter, variant: str, spec: dict, out: Path, send) -> None:
     t = time.perf_counter()
     runner = adapter.Runner(spec, variant, out)
     load_s = time.perf_counter() - t
+    decodes = getattr(adapter, "DECODES", True)
     for _ in range(spec["warmup"]):  # warm-ups: first-run allocations and caches, never reported
-        _check(runner.run(), spec)
+        _check(runner.run(), spec, decodes)
     send({"ok": True, "ready": True, "load_s": round(load_s, 3), "info": getattr(runner, "info", {})})
     for line in sys.stdin:
         if line.strip() != "run":
             break
-        result = _check(runner.run(), spec)
+        result = _check(runner.run(), spec, decodes)
         send({"ok": True, **{k: round(v, 4) for k, v in result.items() if k in METRICS and v is not None},
               "peak_rss_mb": _peak_rss_mb()})
 

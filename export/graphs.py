@@ -28,7 +28,9 @@ from edgevlm.errors import EdgeVLMError
 from edgevlm.kernels.gqa import use_gqa
 from edgevlm.kernels.mha import use_mha
 from edgevlm.kernels.fast_gelu import use_fast_gelu
+from edgevlm.kernels.onnx_merge_matmuls import merge_sibling_matmuls
 from edgevlm.kernels.onnx_norms import fuse_rms_norm
+from edgevlm.kernels.onnx_silu import fuse_silu
 from edgevlm.kernels.onnx_skip_norms import fuse_skip_norms
 from edgevlm.models.vlm import VLM
 
@@ -83,12 +85,23 @@ def export_embed(model: VLM, path: Path) -> None:
 
 
 def _finish_fused_decoder(path: Path) -> None:
-    """RMSNorms -> SimplifiedLayerNormalization, and mark the graph's KV buffers as shareable."""
+    """RMSNorms -> SimplifiedLayerNormalization, SiLU -> QuickGelu, and mark the graph's KV buffers
+    as shareable."""
     proto = onnx.load(str(path))
     fuse_rms_norm(proto)
     fuse_skip_norms(proto)
+    fuse_silu(proto)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, KV_CACHE_KEY: "shared"})
     onnx.save(proto, str(path))
+
+
+def merge_decoder_linears(path: Path) -> dict[str, str]:
+    """q/k/v and gate/up matmuls of a fused decoder -> one matmul each (after quantization, so a
+    mixed graph's 8-bit and 4-bit linears stay apart). Returns {old node: merged node}."""
+    proto = onnx.load(str(path))
+    renamed = merge_sibling_matmuls(proto)
+    onnx.save(proto, str(path))
+    return renamed
 
 
 def export_decoder(model: VLM, path: Path, attention: str = "default") -> None:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from edgevlm.bundle import GRAPHS
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision
+from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision, merge_decoder_linears
 from edgevlm.export.manifest import write_manifest
 from edgevlm.export.quantize import precisions, quantize_bundle_graphs
 from edgevlm.export.validate import (FP32_TOLERANCE, VALIDATORS, ExportValidationError, tolerance_for,
@@ -73,6 +73,11 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
             raise ExportValidationError(f"exported graphs disagree with PyTorch: {worst}")
         for name, checks in quantize_bundle_graphs(work, precision, mixed).items():
             validation[name].update(checks)
+        if attention == "fused":  # the same arithmetic column by column (tests/test_merge_matmuls.py)
+            renamed = merge_decoder_linears(work / "decoder.onnx")
+            validation["decoder"]["merged_linears"] = len(renamed)
+            for layer in validation["decoder"].get("mixed", {}).get("int8_layers", []):
+                layer["node"] = renamed.get(layer["node"], layer["node"])
         tokenizer.save(str(work / "tokenizer.json"))
         ort_graphs = ops_config = None
         if model_format == "ort":

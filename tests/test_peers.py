@@ -18,8 +18,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers.py"
-OTHERS = {"ortgenai": "onnxruntime_genai", "openvino": "openvino_genai", "llamacpp": "llama_cpp"}
-TITLES = {"ortgenai": "ONNX Runtime GenAI", "openvino": "OpenVINO GenAI", "llamacpp": "llama.cpp (llama-cpp-python)"}
+OTHERS = {"ortgenai": "onnxruntime_genai", "openvino": "openvino_genai", "llamacpp": "llama_cpp",
+          "optimum": "optimum.exporters.onnx"}
+TITLES = {"ortgenai": "ONNX Runtime GenAI", "openvino": "OpenVINO GenAI", "llamacpp": "llama.cpp (llama-cpp-python)",
+          "optimum": "Optimum ONNX + ONNX Runtime (SigLIP)"}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except ImportError:  # a dotted name whose parent package is absent
+        return False
 
 
 def _smoke(work: Path, out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -61,7 +70,7 @@ def test_smoke_lists_absent_peers_as_skipped(smoke):
             continue  # installed here and it ran: nothing to skip
         assert skipped.get(TITLES[adapter]), f"{adapter} neither measured nor skipped with a reason"
         assert f"skipped: {TITLES[adapter]}" in done.stdout
-        if find_spec(module) is None:
+        if not _importable(module):
             assert module in skipped[TITLES[adapter]]  # the reason names what is missing
 
 
@@ -92,15 +101,33 @@ class Runner:
         return {"prefill_ms": 1.0, "decode_ms_per_token": 0.5, "tokens": self.spec["new_tokens"] - short}
 '''
 
+FAKE_VISION = '''
+TITLE = "fake vision"
+VARIANTS = {"full": ("vision", "both"), "smoke": ("vision", "both")}
+DECODES = False
+def missing(spec): return None
+def versions(): return {"fake": "1"}
+def prepare(spec, variant, out): return {"command": "none"}
+class Runner:
+    def __init__(self, spec, variant, art):
+        self.variant = variant
+    def run(self):  # "both" claims decoder times too, which a vision-only peer never measured
+        return {"vision_ms_per_tile": 2.0, **({"prefill_ms": 1.0} if self.variant == "both" else {})}
+'''
+
 
 def test_crashing_or_wrong_peer_is_skipped_not_measured(smoke, tmp_path):
-    """Reuses the smoke run's checkpoint (--workdir); the fake adapter comes in via PYTHONPATH."""
+    """Reuses the smoke run's checkpoint (--workdir); the fake adapters come in via PYTHONPATH."""
     (tmp_path / "peers_fake.py").write_text(FAKE)
-    done = _smoke(smoke[0] / "work", tmp_path / "out", "--peers", "fake",
+    (tmp_path / "peers_fakevision.py").write_text(FAKE_VISION)
+    done = _smoke(smoke[0] / "work", tmp_path / "out", "--peers", "fake,fakevision",
                   env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [(r["variant"], len(r["runs"])) for r in report["rows"]] == [("ok", 2)]
+    assert [(r["variant"], len(r["runs"])) for r in report["rows"]] == [("ok", 2), ("vision", 2)]
+    vision = report["rows"][1]["stats"]
+    assert vision["vision_ms_per_tile"]["median"] == 2.0 and vision["prefill_ms"] is None
     reasons = {s["variant"]: s["reason"] for s in report["skipped"]}
     assert "worker died (exit 3)" in reasons["crash"] and "repeat 1" in reasons["crash"]
     assert "generated 3 tokens, the workload forces 4" in reasons["short"]
+    assert "vision-only peer must time one tile and no decoder" in reasons["both"]
