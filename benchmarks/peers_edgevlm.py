@@ -18,7 +18,7 @@ import time
 from peers_util import missing_modules, random_pixels, run_tool, shown, versions as _versions
 
 TITLE = "edgevlm"
-VARIANTS = {"full": ("fp32", "int8", "int4"), "smoke": ("int4",)}
+VARIANTS = {"full": ("fp32", "int8", "int4", "mixed"), "smoke": ("int4",)}
 
 
 def missing(spec: dict) -> str | None:
@@ -47,20 +47,35 @@ def _quantize_past_gate(bundle, quant: str) -> dict:
     from edgevlm.bundle import sha256_file
     from edgevlm.export.quantize import compare, precisions, quantize_graph
 
+    from edgevlm.export.graphs import merge_decoder_linears
+
     manifest_path = bundle / "edgevlm.json"
     manifest, errors = json.loads(manifest_path.read_text()), {}
+    keep_8bit = _mixed_layers(spec) if quant == "mixed" else None
     for graph, precision in precisions(quant).items():
         if precision == "fp32":
             continue
         path, fp32 = bundle / f"{graph}.onnx", bundle / f"{graph}.fp32.onnx"
         path.rename(fp32)
-        quantize_graph(fp32, path, precision)
+        quantize_graph(fp32, path, precision, keep_8bit=keep_8bit)
         errors[graph] = {k: round(v, 4) for k, v in compare(fp32, path, graph).items()}
         fp32.unlink()
+        if graph == "decoder":  # as export_bundle does after quantizing a fused decoder
+            merge_decoder_linears(path)
         manifest["files"][path.name] = sha256_file(path)
         manifest["graphs"][graph]["precision"] = precision
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return errors
+
+
+def _mixed_layers(spec: dict) -> dict:
+    """The linears `--quant mixed` keeps at 8 bit, measured in PyTorch as the export does."""
+    from edgevlm.export.quant_report import eos_id, mixed_plan
+    from edgevlm.models.registry import load_checkpoint
+
+    ckpt = load_checkpoint(spec["vlm_dir"])
+    return mixed_plan(ckpt.model, ckpt.tokenizer, ckpt.prompt.to_dict(), ckpt.preprocess.to_dict(),
+                      eos_id(ckpt.generation.eos_token_ids, ckpt.special_tokens)).weights
 
 
 def prepare(spec: dict, variant: str, out) -> dict:
