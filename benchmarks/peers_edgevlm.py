@@ -37,7 +37,7 @@ def _export(spec: dict, quant: str, bundle) -> str:
     return shown(run_tool(cmd, "edgevlm export"), spec).replace("python -m edgevlm.cli", "edgevlm")
 
 
-def _quantize_past_gate(bundle, quant: str) -> dict:
+def _quantize_past_gate(bundle, quant: str, spec: dict) -> dict:
     """The export's own quantizer on its fp32 bundle, for when its quality gate refuses the random
     checkpoint (random untrained layers compound rounding error: see peers_model). Speed does not
     depend on the values, so the row is still a fair timing; the manifest is brought up to date
@@ -87,7 +87,7 @@ def prepare(spec: dict, variant: str, out) -> dict:
         if variant == "fp32" or "outside its tolerance" not in str(exc):
             raise
         command = _export(spec, "fp32", bundle)
-        gate = _quantize_past_gate(bundle, variant)
+        gate = _quantize_past_gate(bundle, variant, spec)
         command += f" && quantize_graph(.., {variant}) (quality gate refused the random weights)"
     size = sum(f.stat().st_size for f in bundle.iterdir() if f.is_file())
     return {"command": command, "artifact_mb": round(size / 1e6, 1),

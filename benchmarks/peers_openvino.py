@@ -26,6 +26,7 @@ from pathlib import Path
 from peers_util import missing_modules, random_pixels, run_tool, shown, versions as _versions
 
 TITLE = "OpenVINO GenAI"
+TITLES = {"vlm-int8": "OpenVINO (optimum-intel, whole VLM)"}
 VARIANTS = {"full": ("int4", "int8", "vlm-int8"), "smoke": ("int8",)}
 # group 32 like edgevlm's and ORT GenAI's int4 blocks; ratio 1.0: every decoder MatMul in int4
 WEIGHTS = {"int4": ["--weight-format", "int4", "--group-size", "32", "--ratio", "1.0", "--sym"],

@@ -19,7 +19,8 @@ class Peer:
 
     def __init__(self, adapter: str, variant: str, python: str, versions: dict, work: Path, env: dict):
         self.adapter, self.variant, self.python, self.versions, self.env = adapter, variant, python, versions, env
-        self.title = importlib.import_module(f"peers_{adapter}").TITLE
+        module = importlib.import_module(f"peers_{adapter}")
+        self.title = getattr(module, "TITLES", {}).get(variant, module.TITLE)  # a variant may be another tool
         self.dir = work / "peers" / f"{adapter}-{variant}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "worker.log"

@@ -100,3 +100,15 @@ def test_bench_with_ort(ort_bundle):
                 "--new-tokens", 2, "--image-size", 32)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["results"][0]["model_format"] == "ort"
+
+
+def test_graph_mismatch_names_the_ort_file_that_was_loaded(ort_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(ort_bundle, copy)
+    manifest = json.loads((copy / "edgevlm.json").read_text())
+    manifest["config"]["text"]["num_layers"] += 1  # the config now asks for one more KV pair than the graph has
+    (copy / "edgevlm.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"decoder\.ort does not match edgevlm\.json"):
+        edgevlm.load(copy, threads=1, model_format="ort")
+    with pytest.raises(BundleError, match=r"decoder\.onnx does not match edgevlm\.json"):
+        edgevlm.load(copy, threads=1)

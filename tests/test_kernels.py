@@ -132,3 +132,19 @@ def test_fused_decode_with_shared_buffer_equals_decode_without(bundles, monkeypa
     shared = edgevlm.load(fused, threads=1).run(image, max_new_tokens=8, eos_token_ids=()).token_ids
     monkeypatch.setattr(runtime_decoder, "shares_kv_buffer", lambda session: False)
     assert edgevlm.load(fused, threads=1).run(image, max_new_tokens=8, eos_token_ids=()).token_ids == shared
+
+
+@pytest.mark.parametrize("which", [0, 1])  # default graph (ping-pong KV sets), fused graph (shared buffer)
+def test_reused_step_bindings_equal_fresh_bindings(bundles, monkeypatch, which):
+    """Decode steps reuse their IOBindings (buffers updated in place); a fresh binding per step,
+    the reference path, gives the same tokens, greedy and with beams (KV rows reordered)."""
+    from edgevlm.runtime.decoder import OnnxDecoder
+
+    bundle = bundles[which]
+    images = [scenes.render(s, 32) for s in scenes.split("val", 2)]
+    kw = [dict(max_new_tokens=8, eos_token_ids=()), dict(max_new_tokens=6, eos_token_ids=(), num_beams=3)]
+    vlm = edgevlm.load(bundle, threads=1)
+    reused = [vlm.run(im, **k).token_ids for im in images for k in kw]
+    monkeypatch.setattr(OnnxDecoder, "REUSE_BINDINGS", False)
+    fresh = [vlm.run(im, **k).token_ids for im in images for k in kw]
+    assert reused == fresh and len({tuple(t) for t in reused}) > 1

@@ -83,7 +83,7 @@ class VLM:
         self.prompter = Prompter.from_file(bundle.file("tokenizer.json"), PromptConfig.from_dict(m["prompt"]))
         self.generation = GenerationConfig.from_dict(m["generation"])
         self.sessions = open_sessions(bundle, options)
-        check_graphs(self.sessions, self.config, self.preprocess_config.tile_size)
+        check_graphs(self.sessions, self.config, self.preprocess_config.tile_size, options.model_format)
         self.options = options
         self.load_ms = (time.perf_counter() - t) * 1000
 
