@@ -51,12 +51,18 @@ def _quantize_past_gate(bundle, quant: str, spec: dict) -> dict:
 
     manifest_path = bundle / "edgevlm.json"
     manifest, errors = json.loads(manifest_path.read_text()), {}
-    keep_8bit = _mixed_layers(spec) if quant == "mixed" else None
+    keep_8bit, model = _mixed_layers(spec) if quant == "mixed" else (None, None)
     for graph, precision in precisions(quant).items():
         if precision == "fp32":
             continue
         path, fp32 = bundle / f"{graph}.onnx", bundle / f"{graph}.fp32.onnx"
         path.rename(fp32)
+        if model is not None and graph == "decoder":
+            # the fp32 bundle's decoder has its linears merged already; mixed picks its 8-bit
+            # layers by their own weights, so it quantizes the decoder as exported before merging
+            from edgevlm.export.graphs import export_decoder
+
+            export_decoder(model, fp32, "fused")
         quantize_graph(fp32, path, precision, keep_8bit=keep_8bit)
         errors[graph] = {k: round(v, 4) for k, v in compare(fp32, path, graph).items()}
         fp32.unlink()
@@ -68,14 +74,15 @@ def _quantize_past_gate(bundle, quant: str, spec: dict) -> dict:
     return errors
 
 
-def _mixed_layers(spec: dict) -> dict:
-    """The linears `--quant mixed` keeps at 8 bit, measured in PyTorch as the export does."""
+def _mixed_layers(spec: dict):
+    """(the linears `--quant mixed` keeps at 8 bit, measured in PyTorch as the export does; the model)."""
     from edgevlm.export.quant_report import eos_id, mixed_plan
     from edgevlm.models.registry import load_checkpoint
 
     ckpt = load_checkpoint(spec["vlm_dir"])
-    return mixed_plan(ckpt.model, ckpt.tokenizer, ckpt.prompt.to_dict(), ckpt.preprocess.to_dict(),
-                      eos_id(ckpt.generation.eos_token_ids, ckpt.special_tokens)).weights
+    plan = mixed_plan(ckpt.model, ckpt.tokenizer, ckpt.prompt.to_dict(), ckpt.preprocess.to_dict(),
+                      eos_id(ckpt.generation.eos_token_ids, ckpt.special_tokens))
+    return plan.weights, ckpt.model.eval()
 
 
 def prepare(spec: dict, variant: str, out) -> dict:
