@@ -83,7 +83,11 @@ def _latency_ms(bundle: Path, threads: int, repeat: int) -> dict:
 @click.option("--from-run", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Score the models trained by benchmarks/distill_gpu.py in this folder instead of training here "
                    "(--teacher, --student, --steps and the KD settings then come from its run.json).")
-def main(teacher, student, steps, batch_size, temperature, alpha, scenes, threads, work, out, reuse, from_run):
+@click.option("--retime", is_flag=True, help="Only time the captions again (on a quiet machine) for the results "
+                                              "already in --out, whose bundles are still in --work.")
+def main(teacher, student, steps, batch_size, temperature, alpha, scenes, threads, work, out, reuse, from_run, retime):
+    if retime:
+        return _retime(work, out, threads)
     work.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     if from_run:
@@ -174,7 +178,8 @@ def _score(rows, settings, scenes, threads, work, out, log):
                       "CIDEr-D": m["CIDEr-D"], "BLEU-4": m["BLEU-4"], "exact_match": m["exact_match"],
                       "single_object_colour_shape": m["single_object_colour_shape"],
                       "token_agreement": m.get("token_agreement"), "kl_to_teacher": m.get("kl_ref_cand"),
-                      "caption_ms": _latency_ms(row["bundle"], threads, 20), "train_s": row["train_s"]})
+                      "caption_ms": _latency_ms(row["bundle"], threads, 20), "train_s": row["train_s"],
+                      "bundle": str(row["bundle"])})
     teacher_cider = table[0]["CIDEr-D"]
     for row in table:
         row["cider_vs_teacher"] = round(row["CIDEr-D"] / teacher_cider, 4)
@@ -183,6 +188,19 @@ def _score(rows, settings, scenes, threads, work, out, log):
     Path(f"{out}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     Path(f"{out}.md").write_text(_markdown(result))
     print(_markdown(result))
+
+
+def _retime(work: Path, out: str, threads: int) -> None:
+    result = json.loads(Path(f"{out}.json").read_text())
+    pick = result["settings"].get("picked_on_val", "distilled")
+    for row in result["rows"]:
+        name = row["model"].replace(" ", "_")
+        bundle = Path(row.get("bundle") or work / f"{pick if name == 'distilled' else name}_bundle")
+        row["caption_ms"] = _latency_ms(bundle, threads, 20)
+        print(f"{row['model']}: {row['caption_ms']}", flush=True)
+    result["settings"]["latency"] = f"re-timed with --retime, {threads} threads"
+    Path(f"{out}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    Path(f"{out}.md").write_text(_markdown(result))
 
 
 def _steps_done(ckpt: Path) -> int | None:
