@@ -68,8 +68,15 @@ def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new
 
         require_matplotlib()
     mode = "quick" if roofline_quick else "full" if roofline else None
-    results = [bench_bundle(bundle, image, c, repeat, warmup, new_tokens, split, image_size, prompt_tokens, mode,
+    results = [bench_bundle(bundle, image, c, repeat, warmup, new_tokens, split, image_size, prompt_tokens, None,
                             model_format=model_format) for c in counts]
+    if mode:  # after every timed setting: the roofline's 256 MB read buffer must not count in their peak RSS
+        import edgevlm
+        from edgevlm.benchmarks.roofline import roofline as place
+
+        for c, r in zip(counts, results):
+            r["roofline"] = place(edgevlm.load(bundle, threads=c, model_format=model_format), r,
+                                  quick=mode == "quick")
     click.echo(f"{'stage (ms)':24s}" + "".join(f"{f'{c} thread(s)':>28s}" for c in counts))
     for stage in STAGES:
         click.echo(f"{stage:24s}" + "".join(_cell(r["stages_ms"][stage]) for r in results))
