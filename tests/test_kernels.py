@@ -69,8 +69,9 @@ def test_fused_vision_has_one_mha_per_layer_and_matches_reference(bundles):
     assert ops["MultiHeadAttention"] == layers
     assert "Softmax" not in ops, ops
     assert ops["FastGelu"] == layers and not (GELU_CHAIN | NORM_CHAIN) & set(ops), ops
-    # the first norm follows the position-table add (a broadcast: not fusable); the rest are Skip
-    assert ops["SkipLayerNormalization"] == 2 * layers and ops["LayerNormalization"] == 1, ops
+    # every norm is one LayerNormalization (2 per layer + the post-norm); no Skip fusion in the
+    # vision graph: ORT's CPU SkipLayerNormalization measured slower there (export/graphs.py)
+    assert ops["LayerNormalization"] == 2 * layers + 1 and "SkipLayerNormalization" not in ops, ops
     sess = ort.InferenceSession(str(fused / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     (out,) = sess.run(None, {"pixel_values": pixels.numpy()})
