@@ -96,20 +96,14 @@ def measure(threads: int, quick: bool = False) -> dict:
     # 64 MB, still past the LLC of most edge CPUs). Read by `threads` threads at once, as decode
     # reads its weights: one core alone cannot draw the memory system's full bandwidth (a
     # single-threaded read measured 16 GB/s here, below what 2-thread decode achieved)
-    buf = np.ones((64 if quick else 256) * 2**20 // 8, dtype=np.float64)
-    out["read_gb_s"] = _rate(buf.nbytes, _parallel_read(buf, threads), repeat)
-    out["read_threads"] = threads
-    return out
-
-
-def _parallel_read(buf: np.ndarray, threads: int):
-    """A callable that sums `buf` in `threads` contiguous chunks on as many threads (numpy
-    releases the GIL inside the reduction, so the reads overlap)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    chunks = np.array_split(buf, max(1, threads))
-    pool = ThreadPoolExecutor(max_workers=max(1, threads))
-    return lambda: sum(pool.map(np.sum, chunks))
+    buf = np.ones((64 if quick else 256) * 2**20 // 8, dtype=np.float64)
+    chunks = np.array_split(buf, max(1, threads))  # contiguous; numpy releases the GIL inside np.sum
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        out["read_gb_s"] = _rate(buf.nbytes, lambda: sum(pool.map(np.sum, chunks)), repeat)
+    out["read_threads"] = threads
+    return out
 
 
 def vision_flops(cfg) -> int:

@@ -68,7 +68,7 @@ def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new
 
         require_matplotlib()
     mode = "quick" if roofline_quick else "full" if roofline else None
-    results = [bench_bundle(bundle, image, c, repeat, warmup, new_tokens, split, image_size, prompt_tokens, None,
+    results = [bench_bundle(bundle, image, c, repeat, warmup, new_tokens, split, image_size, prompt_tokens,
                             model_format=model_format) for c in counts]
     if mode:  # after every timed setting: the roofline's 256 MB read buffer must not count in their peak RSS
         import edgevlm

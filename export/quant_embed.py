@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.kernels.onnx_graph import use_ms_domain
 
 BLOCK = 32
 
@@ -76,6 +77,6 @@ def quantize_embeddings(model: onnx.ModelProto, block: int = BLOCK) -> int:
         if not any(name in n.input for n in graph.node):
             graph.initializer.remove(inits[name])
         done += 1
-    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    if done:
+        use_ms_domain(model)
     return done

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgevlm.kernels.onnx_graph import drop_unused_initializers
+
 _NBITS_KEYS = ("K", "bits", "block_size", "accuracy_level")
 
 
@@ -125,7 +127,7 @@ def merge_sibling_matmuls(model: onnx.ModelProto) -> dict[str, str]:
         order = [onnx.NodeProto.FromString(n.SerializeToString()) for n in order]
         del graph.node[:]
         graph.node.extend(order)
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
     return renamed
 
 
@@ -141,12 +143,3 @@ def _packed_attention(outputs: list[str], consumers, graph_outputs):
     if node.op_type != "GroupQueryAttention" or list(node.input[:3]) != outputs:
         return None
     return node
-
-
-def _drop_unused_initializers(graph) -> None:
-    used = {name for node in graph.node for name in node.input}
-    used |= {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    if len(keep) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgevlm.kernels.onnx_graph import drop_unused_initializers
+
 
 
 def fuse_rms_norm(model: onnx.ModelProto) -> int:
@@ -66,8 +68,5 @@ def fuse_rms_norm(model: onnx.ModelProto) -> int:
     kept = [replace.get(n.output[0], n) for n in nodes if n.output[0] not in dead]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for n in graph.node for name in n.input} | outputs
-    unused = [t for t in graph.initializer if t.name not in used]  # the chains' exponent, axes and eps
-    for t in unused:
-        graph.initializer.remove(t)
+    drop_unused_initializers(graph)  # the chains' exponent, axes and eps
     return len(replace)

@@ -13,6 +13,8 @@ from collections import defaultdict
 import onnx
 from onnx import helper
 
+from edgevlm.kernels.onnx_graph import use_ms_domain
+
 
 def fuse_silu(model: onnx.ModelProto) -> int:
     """Rewrite, in place, each Mul(x, Sigmoid(x)) whose Sigmoid output has no other reader.
@@ -44,6 +46,5 @@ def fuse_silu(model: onnx.ModelProto) -> int:
         keep = [n for n in graph.node if not (n.op_type == "Sigmoid" and n.output[0] in drop)]
         del graph.node[:]
         graph.node.extend(keep)
-        if not any(op.domain == "com.microsoft" for op in model.opset_import):
-            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        use_ms_domain(model)
     return fused

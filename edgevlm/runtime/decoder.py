@@ -40,7 +40,8 @@ class OnnxDecoder:
         self.step_ids: np.ndarray | None = None  # [B, 1]
         self.step_positions: np.ndarray | None = None  # [B, 1]
         self.shared_kv = shares_kv_buffer(self.decoder)
-        self._step_bindings: dict = {}  # (KV set, rows) -> decoder IOBinding; "embed" -> embed IOBinding
+        self._step_bindings: dict = {}  # (KV set, rows) -> decoder IOBinding of a decode step
+        self._embed_binding: ort.IOBinding | None = None  # step_ids -> step_embeds
 
     def _bind(self, embeds: np.ndarray, positions: np.ndarray, rows: int) -> ort.IOBinding:
         binding = self.decoder.io_binding()
@@ -87,12 +88,11 @@ class OnnxDecoder:
         if self.pos >= self.max_len:
             raise RuntimeError("KV cache is full")  # the generator's bounds make this unreachable
         self.step_ids[:, 0] = token_ids  # [B, 1]
-        binding = self._step_bindings.get("embed") if self.REUSE_BINDINGS else None
+        binding = self._embed_binding if self.REUSE_BINDINGS else None
         if binding is None:
-            binding = self.embed.io_binding()
+            binding = self._embed_binding = self.embed.io_binding()
             binding.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(self.step_ids))
             binding.bind_ortvalue_output("inputs_embeds", ort.OrtValue.ortvalue_from_numpy(self.step_embeds))
-            self._step_bindings["embed"] = binding
         run_bound(self.embed, binding)  # -> step_embeds [B, 1, D]
         self.step_positions[:] = self.pos
         self.pos += 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevlm.bundle import Bundle, open_bundle
+from edgevlm.bundle import GRAPHS, Bundle, open_bundle
 from edgevlm.config import VLMConfig
 from edgevlm.errors import BundleError, GenerationError
 from edgevlm.image import PreprocessConfig, load_image, preprocess
@@ -83,7 +83,8 @@ class VLM:
         self.prompter = Prompter.from_file(bundle.file("tokenizer.json"), PromptConfig.from_dict(m["prompt"]))
         self.generation = GenerationConfig.from_dict(m["generation"])
         self.sessions = open_sessions(bundle, options)
-        check_graphs(self.sessions, self.config, self.preprocess_config.tile_size, options.model_format)
+        check_graphs(self.sessions, self.config, self.preprocess_config.tile_size,
+                     {g: bundle.graph_path(g, options.model_format).name for g in GRAPHS})
         self.options = options
         self.load_ms = (time.perf_counter() - t) * 1000
 

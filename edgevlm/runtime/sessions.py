@@ -121,10 +121,10 @@ def ort_message(exc: BaseException, bundle_dir: Path) -> str:
 
 
 def check_graphs(sessions: dict[str, ort.InferenceSession], cfg: VLMConfig, tile_size: int,
-                 model_format: str = "onnx") -> None:
+                 files: dict[str, str] | None = None) -> None:
     """The manifest's config must describe the graphs it ships with: every input the runtime binds
     and output it reads, by name, element type and every static dimension. Raises BundleError
-    naming the file that was loaded (NAME.onnx, or NAME.ort for --model-format ort)."""
+    naming the file each session was loaded from (files: graph -> file name; default NAME.onnx)."""
     text = cfg.text
     kv = ("tensor(float)", [None, text.num_kv_heads, None, text.head_dim])  # [B, KVH, T, hd]
     expected = {
@@ -138,8 +138,8 @@ def check_graphs(sessions: dict[str, ort.InferenceSession], cfg: VLMConfig, tile
                     {"logits": ("tensor(float)", [None, text.vocab_size]),
                      **{f"present.{i}.{x}": kv for i in range(text.num_layers) for x in "kv"}}),
     }
-    for name, (inputs, outputs) in expected.items():
-        session, graph = sessions[name], f"{name}.{model_format}"
+    for graph_name, (inputs, outputs) in expected.items():
+        session, graph = sessions[graph_name], (files or {}).get(graph_name, f"{graph_name}.onnx")
         try:
             found = {kind: {v.name: (v.type, v.shape) for v in values}
                      for kind, values in (("input", session.get_inputs()), ("output", session.get_outputs()))}
