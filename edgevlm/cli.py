@@ -205,7 +205,10 @@ def info(bundle, as_json):
 @click.option("--format", "model_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="ort: also write each graph in ONNX Runtime's ORT format (mobile / minimal builds) and "
                    "required_operators.config (the ops a --minimal_build needs).")
-def export(checkpoint, out, overwrite, attention, quant, model_format):
+@click.option("--no-quant-gate", "no_quant_gate", is_flag=True,
+              help="Keep a quantized graph even if its error against fp32 is over the tolerance (for "
+                   "random-weight models that only measure speed); the manifest records the error.")
+def export(checkpoint, out, overwrite, attention, quant, model_format, no_quant_gate):
     """Export a checkpoint directory to an ONNX bundle (needs the `export` extra).
 
     \b
@@ -223,7 +226,8 @@ def export(checkpoint, out, overwrite, attention, quant, model_format):
     manifest = export_bundle(ckpt.model, ckpt.tokenizer, out, preprocess=ckpt.preprocess.to_dict(),
                              prompt=ckpt.prompt.to_dict(), special_tokens=ckpt.special_tokens,
                              generation=ckpt.generation.to_dict(), overwrite=overwrite,
-                             attention=attention, quant=quant, model_format=model_format)
+                             attention=attention, quant=quant, model_format=model_format,
+                             quant_gate=not no_quant_gate)
     diffs = ", ".join(f"{g} {v['max_abs_diff']:.1e}" for g, v in manifest["validation"].items())
     click.echo(f"wrote {out} (validated against PyTorch: {diffs})")
 

@@ -22,15 +22,17 @@ from edgevlm.kernels.onnx_graph import use_ms_domain
 BLOCK = 32
 
 
-def quantize_blocks(table: np.ndarray, bits: int = 4, block: int = BLOCK):
-    """table [R, K] float32 -> (q uint8 [R, K] in 0..2^bits-1, scales float32 [R, ceil(K/block)])."""
+def quantize_blocks(table: np.ndarray, bits: int = 4, block: int = BLOCK, scale_dtype=np.float32):
+    """table [R, K] float32 -> (q uint8 [R, K] in 0..2^bits-1, scales float32 [R, ceil(K/block)]).
+    scale_dtype float16: each scale is rounded to float16 before q is chosen with it (the packed
+    vision store keeps its scales at float16); the scales returned are still float32 values."""
     rows, k = table.shape
     pad = (-k) % block  # zeros pad a last partial block; they never change its extreme
     blocks = np.pad(table.astype(np.float32), ((0, 0), (0, pad))).reshape(rows, -1, block)  # [R, K/block, block]
     lo, hi = blocks.min(-1, keepdims=True), blocks.max(-1, keepdims=True)
     extreme = np.where(np.abs(hi) > np.abs(lo), hi, lo)
     half = np.float32(1 << (bits - 1))
-    scale = (-extreme / half).astype(np.float32)  # [R, K/block, 1]
+    scale = (-extreme / half).astype(np.float32).astype(scale_dtype).astype(np.float32)  # [R, K/block, 1]
     with np.errstate(divide="ignore"):
         recip = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
     t = blocks * recip + half  # float32, as MLAS: reciprocal multiply, then add the zero point

@@ -22,8 +22,8 @@ CALIBRATION = 8  # default number of calibration images
 # format of each graph's linears per --quant, as export/quantize.py quantizes the graphs
 PLAN = {
     "int8": {"vision_encoder": "int8", "decoder": "int8"},
-    "int4": {"vision_encoder": "int8", "decoder": "int4"},
-    "mixed": {"vision_encoder": "int8", "decoder": "int4"},  # + the 8-bit exceptions, int8_block
+    "int4": {"vision_encoder": "int4_int8", "decoder": "int4"},  # vision: 4-bit weights run as int8
+    "mixed": {"vision_encoder": "int4_int8", "decoder": "int4"},  # + the 8-bit exceptions, int8_block
 }
 
 

@@ -14,6 +14,9 @@ layer the bundle runs:
     int8        dynamic int8 per output channel (quantize_dynamic per_channel=True, QInt8,
                 symmetric): scale = max|W[n, :]| / 127 (float64, stored float32),
                 q = clip(round_half_even(w / scale), -127, 127), w' = q * scale.
+    int4_int8   the vision tower at int4/mixed: w4 = the int4 w' with float16 block scales, then per output channel
+                scale = max|w4[n, :]| / 127 (float32), q = clip(round_half_even(w4 / scale), -127, 127),
+                w' = q * scale (edgevlm.runtime.packed_weights.int8_from_int4).
 
 layer_errors runs the fp32 model and, at every nn.Linear, also computes the output with only that
 layer's weight replaced by w' (same input, same bias): the error of that layer alone.
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 BLOCK = 32  # MatMulNBits block_size, as export/quantize.py sets it
-FORMATS = ("int4", "int8_block", "int8")
+FORMATS = ("int4", "int8_block", "int8", "int4_int8")
 
 
 def _round_half_away(t: torch.Tensor) -> torch.Tensor:
@@ -35,8 +38,10 @@ def _round_half_away(t: torch.Tensor) -> torch.Tensor:
     return low + (t - low >= 0.5).to(t.dtype)
 
 
-def fake_quant_blocks(weight: torch.Tensor, bits: int, block: int = BLOCK) -> torch.Tensor:
-    """w' of the MatMulNBits symmetric format (bits 4 or 8): blocks of `block` along K."""
+def fake_quant_blocks(weight: torch.Tensor, bits: int, block: int = BLOCK,
+                      scale_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """w' of the MatMulNBits symmetric format (bits 4 or 8): blocks of `block` along K.
+    scale_dtype float16: scales rounded to float16 before use (the packed vision store)."""
     n, k = weight.shape
     w = weight.detach().to(torch.float32)
     pad = (-k) % block  # a last partial block is padded with zeros: they never change its extreme
@@ -44,7 +49,7 @@ def fake_quant_blocks(weight: torch.Tensor, bits: int, block: int = BLOCK) -> to
     lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)  # [N, K/block, 1]
     extreme = torch.where(hi.abs() > lo.abs(), hi, lo)
     half = float(1 << (bits - 1))
-    scale = -extreme / half
+    scale = (-extreme / half).to(scale_dtype).to(torch.float32)
     recip = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, 1.0), 0.0)
     q = _round_half_away(blocks * recip + half).clamp(0, 2 * half - 1)
     return ((q - half) * scale).reshape(n, -1)[:, :k]
@@ -59,6 +64,14 @@ def fake_quant_channel_int8(weight: torch.Tensor) -> torch.Tensor:
     return torch.round(w / scale).clamp(-127, 127) * scale  # torch.round: half to even, as numpy
 
 
+def fake_quant_int4_int8(weight: torch.Tensor) -> torch.Tensor:
+    """w' of 4-bit weights run as int8 per output channel (the packed vision tower)."""
+    w4 = fake_quant_blocks(weight, 4, scale_dtype=torch.float16)
+    scale = w4.abs().amax(1, keepdim=True) / 127  # [N, 1] float32, as the runtime computes it
+    scale = torch.where(scale != 0, scale, torch.ones_like(scale))
+    return torch.round(w4 / scale).clamp(-127, 127) * scale
+
+
 def fake_quant(weight: torch.Tensor, fmt: str) -> torch.Tensor:
     if fmt == "int4":
         return fake_quant_blocks(weight, 4)
@@ -66,6 +79,8 @@ def fake_quant(weight: torch.Tensor, fmt: str) -> torch.Tensor:
         return fake_quant_blocks(weight, 8)
     if fmt == "int8":
         return fake_quant_channel_int8(weight)
+    if fmt == "int4_int8":
+        return fake_quant_int4_int8(weight)
     raise ValueError(f"unknown weight format {fmt!r}; one of {', '.join(FORMATS)}")
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from edgevlm.bundle import GRAPHS
 from edgevlm.errors import EdgeVLMError
+from edgevlm.export.external_data import EXTERNAL_MIN_BYTES, externalize_bundle
 from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision, merge_decoder_linears
 from edgevlm.export.manifest import write_manifest
 from edgevlm.export.quantize import precisions, quantize_bundle_graphs
@@ -26,7 +27,8 @@ from edgevlm.models.vlm import VLM
 def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: dict, prompt: dict,
                   special_tokens: dict, generation: dict, overwrite: bool = False,
                   tolerance: float = FP32_TOLERANCE, progress: bool = True,
-                  attention: str = "default", quant: str = "fp32", model_format: str = "onnx") -> dict:
+                  attention: str = "default", quant: str = "fp32", model_format: str = "onnx",
+                  external_min_bytes: int = EXTERNAL_MIN_BYTES, quant_gate: bool = True) -> dict:
     """Export, validate against PyTorch, and write the manifest. Returns the manifest.
 
     attention="fused": vision attention as com.microsoft.MultiHeadAttention, decoder attention as
@@ -35,7 +37,11 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
     and check each against its fp32 graph under that precision's tolerance; "mixed" first measures
     the decoder's per-layer int4 sensitivity in PyTorch on calibration images (export/quant_report.py).
     model_format="ort": also write each (final) graph in ONNX Runtime's ORT format plus
-    required_operators.config (export/ort_format.py); the .onnx graphs stay."""
+    required_operators.config (export/ort_format.py); the .onnx graphs stay.
+    external_min_bytes: a graph with at least this many bytes of weights keeps them in GRAPH.onnx.data,
+    and identical weights are stored once (export/external_data.py).
+    quant_gate=False: keep a quantized graph that is outside its tolerance (random-weight benchmark
+    models); the manifest records its error and "gate": "off"."""
     out = Path(out)
     if model_format not in ("onnx", "ort"):
         raise EdgeVLMError(f"unknown export format {model_format!r} (onnx or ort)")
@@ -71,23 +77,32 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
         if bad:
             worst = ", ".join(f"{k} {v['max_abs_diff']:.2e} > {v['tolerance']:.2g}" for k, v in bad.items())
             raise ExportValidationError(f"exported graphs disagree with PyTorch: {worst}")
-        for name, checks in quantize_bundle_graphs(work, precision, mixed).items():
+        for name, checks in quantize_bundle_graphs(work, precision, mixed, quant_gate).items():
             validation[name].update(checks)
         if attention == "fused":  # the same arithmetic column by column (tests/test_merge_matmuls.py)
             renamed = merge_decoder_linears(work / "decoder.onnx")
             validation["decoder"]["merged_linears"] = len(renamed)
             for layer in validation["decoder"].get("mixed", {}).get("int8_layers", []):
                 layer["node"] = renamed.get(layer["node"], layer["node"])
+        # 4-bit vision weights (export/quant_vision4.py): the graph reads an int8 file the runtime makes
+        packed = {k: v.pop("packed_weights") for k, v in validation.items() if "packed_weights" in v}
+        # the decoder before embed_tokens: a tied int4 table then points at the lm_head's bytes
+        data_files = externalize_bundle(work, [g for g in ("vision_encoder", "decoder", "embed_tokens")
+                                               if g not in packed], external_min_bytes)
+        data_files += [spec["file"] for spec in packed.values()]
         tokenizer.save(str(work / "tokenizer.json"))
         ort_graphs = ops_config = None
         if model_format == "ort":
             from edgevlm.export.ort_format import OPS_CONFIG, write_ort_graphs
 
             ort_graphs, ops_config = write_ort_graphs(work), OPS_CONFIG
+        for spec in packed.values():  # validated (and ORT-format graphs written) with it; not shipped
+            (work / spec["expands_to"]).unlink()
         manifest = write_manifest(
             work, architecture=model.cfg.architecture, config=model.cfg.to_dict(), preprocess=preprocess,
             prompt=prompt, special_tokens=special_tokens, generation=generation,
             validation=validation, precision=precision, ort_graphs=ort_graphs, ops_config=ops_config,
+            data_files=data_files, packed=packed,
         )
         if out.exists():
             shutil.rmtree(out)

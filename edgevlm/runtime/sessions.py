@@ -18,6 +18,7 @@ from edgevlm.bundle import GRAPHS, MODEL_FORMATS, Bundle
 from edgevlm.config import VLMConfig
 from edgevlm.errors import BundleError, ConfigError
 from edgevlm.onnx_safety import check_external_data
+from edgevlm.runtime.packed_weights import unpacked_graph
 
 
 @dataclass(frozen=True)
@@ -78,19 +79,39 @@ def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.Inferen
             # directory, listed, sha256) is its file check; say the format rather than trust the suffix
             so.add_session_config_entry("session.load_model_format", "ORT")
         path = bundle.graph_path(name, opts.model_format)
+        packed = bundle.manifest["graphs"][name].get("packed_weights") if opts.model_format == "onnx" else None
+        if packed is not None:
+            sessions[name] = _packed_session(bundle, path, packed, so)
+            continue
         if opts.model_format == "onnx":
             # external data must be a listed (so checksummed) file inside the bundle, before ORT reads it
             check_external_data(path, bundle.path, allowed=set(bundle.manifest["files"]))
         elif path.name not in bundle.manifest["files"] or not path.is_file():
             raise BundleError(f"bundle file {path.name} is missing or not checksummed in edgevlm.json")
-        try:
-            # enable_fallback=0: on a failure, onnxruntime's wrapper would print an "EP Error" banner
-            # to stdout and retry with the same provider
-            sessions[name] = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"],
-                                                  enable_fallback=0)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types, all Exceptions
-            raise BundleError(f"cannot load {path.name}: {ort_message(exc, bundle.path)}") from None
+        sessions[name] = _session(path, so, bundle.path)
     return sessions
+
+
+def _session(path: Path, so: ort.SessionOptions, shown_dir: Path) -> ort.InferenceSession:
+    try:
+        # enable_fallback=0: on a failure, onnxruntime's wrapper would print an "EP Error" banner
+        # to stdout and retry with the same provider
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"],
+                                    enable_fallback=0)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types, all Exceptions
+        raise BundleError(f"cannot load {path.name}: {ort_message(exc, shown_dir)}") from None
+
+
+def _packed_session(bundle: Bundle, path: Path, spec, so: ort.SessionOptions) -> ort.InferenceSession:
+    """A graph whose int8 weights ship at 4 bit (edgevlm.runtime.packed_weights): unpacked into a
+    temporary directory; the graph may read only the expanded file there."""
+    if not isinstance(spec, dict) or spec.get("file") not in bundle.manifest["files"]:
+        raise BundleError(f"{path.name}: its packed weights are not a checksummed file of the bundle")
+    if path.name not in bundle.manifest["files"] or not path.is_file():
+        raise BundleError(f"bundle file {path.name} is missing or not checksummed in edgevlm.json")
+    with unpacked_graph(bundle.path, path.name, spec) as copy:
+        check_external_data(copy, copy.parent, allowed={spec["expands_to"]})
+        return _session(copy, so, copy.parent)
 
 
 # Every exception type onnxruntime raises (Fail, InvalidArgument, RuntimeException, ...; all plain Exceptions),
