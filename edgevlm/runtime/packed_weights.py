@@ -54,12 +54,20 @@ def unpack_nibbles(q4: np.ndarray, k: int) -> np.ndarray:
 
 def int8_from_int4(q4: np.ndarray, scales: np.ndarray, k: int, block: int = BLOCK):
     """(q4 [N, K/2] uint8, scales [N, ceil(K/block)] float32) -> (q8 [K, N] int8, s8 [N] float32)."""
-    q = unpack_nibbles(q4, k).astype(np.float32) - np.float32(8)  # [N, K]
-    w = q * np.repeat(scales.astype(np.float32), block, axis=1)[:, :k]  # [N, K] float32
+    n, blocks = scales.shape
+    q = unpack_nibbles(q4, k).astype(np.float32)
+    q -= np.float32(8)
+    if blocks * block != k:  # a last partial block: pad [N, K] -> [N, blocks * block] with zeros
+        q = np.pad(q, ((0, 0), (0, blocks * block - k)))
+    w = q.reshape(n, blocks, block)  # [N, K/block, block]
+    w *= scales.astype(np.float32)[:, :, None]
+    w = w.reshape(n, -1)[:, :k]  # [N, K] float32: the 4-bit weights
     s8 = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)  # [N]
     s8[s8 == 0] = np.float32(1)
-    q8 = np.clip(np.rint(w / s8[:, None]), -127, 127).astype(np.int8)  # [N, K]
-    return np.ascontiguousarray(q8.T), s8
+    w /= s8[:, None]
+    np.rint(w, out=w)
+    np.clip(w, -127, 127, out=w)
+    return np.ascontiguousarray(w.astype(np.int8).T), s8  # [K, N], [N]
 
 
 def _entries(spec: dict, store_size: int) -> list[dict]:
