@@ -200,7 +200,7 @@ def info(bundle, as_json):
               help="fused: ONNX Runtime MultiHeadAttention (vision) and GroupQueryAttention with a "
                    "shared KV buffer (decoder).")
 @click.option("--quant", type=click.Choice(["fp32", "int8", "int4", "mixed"]), default="fp32", show_default=True,
-              help="int8: dynamic int8 vision + decoder MatMuls; int4: MatMulNBits decoder, int8 vision, "
+              help="int8: dynamic int8 vision + decoder MatMuls; int4: MatMulNBits decoder, vision shipped 4-bit and run as int8, "
                    "4-bit embeddings; mixed: int4 except the most sensitive decoder linears (8 bit).")
 @click.option("--format", "model_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="ort: also write each graph in ONNX Runtime's ORT format (mobile / minimal builds) and "

@@ -15,7 +15,7 @@ MAX_CALIB = 512  # calibration images at most: each is one PyTorch forward pass
 @click.command("quantize")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--quant", default="mixed", show_default=True,
-              help="int8: every linear dynamic int8 per channel; int4: decoder MatMulNBits 4 bit, vision int8; "
+              help="int8: every linear dynamic int8 per channel; int4: decoder MatMulNBits 4 bit, vision 4-bit weights run as int8; "
                    "mixed: as int4, the decoder linears most sensitive to int4 kept at 8 bit (25% budget).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report to this file.")
 @click.option("--calib", default=8, show_default=True, type=int,

@@ -135,6 +135,7 @@ def _ship_int8(spec, manifest, path):  # an int8 file placed in the bundle is ne
     (lambda s, m, p: s["tensors"][0].pop("n"), "malformed entry"),
     (lambda s, m, p: s.update(tensors=[]), "unsupported layout"),
     (lambda s, m, p: s.update(expands_to="../x.data"), "bad expanded file name"),
+    (lambda s, m, p: s.update(expands_to="vision_encoder.onnx"), "bad expanded file name"),
     (_unlist, "not a checksummed file"),
 ])
 def test_malformed_packed_weights_are_refused_in_one_line(int4_bundles, tmp_path, change, message):

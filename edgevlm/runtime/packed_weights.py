@@ -115,7 +115,8 @@ def unpacked_graph(bundle_dir: Path, graph_file: str, spec: dict):
     keeps what it needs)."""
     store = Path(bundle_dir) / spec["file"]
     target = spec.get("expands_to")
-    if not isinstance(target, str) or os.path.basename(target) != target or target in ("", ".", ".."):
+    if (not isinstance(target, str) or os.path.basename(target) != target
+            or target in ("", ".", "..", graph_file)):
         raise BundleError(f"packed weights of {graph_file}: bad expanded file name {str(target)[:60]!r}")
     try:
         work = Path(tempfile.mkdtemp(prefix="edgevlm-unpack-"))
