@@ -18,9 +18,7 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -30,20 +28,9 @@ SAMPLE = Path(__file__).resolve().parents[1] / "edgevlm" / "assets" / "samples" 
 
 
 def _run(cmd: list[str], log: list[str], check: bool = True) -> float | str:
-    """Run an edgevlm CLI command (echoed and recorded); returns its wall time in seconds, or
-    (check=False) its one-line error when it fails."""
-    text = " ".join(cmd)
-    print(f"$ {text}", flush=True)
-    log.append(text)
-    t0 = time.time()
-    done = subprocess.run([sys.executable, "-m", "edgevlm.cli", *cmd], stderr=subprocess.PIPE, text=True)
-    sys.stderr.write(done.stderr)
-    if done.returncode:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-        if check:
-            raise SystemExit(f"failed: edgevlm {text}")
-        return errors[-1] if errors else f"exit {done.returncode}"
-    return time.time() - t0
+    from cli_run import edgevlm_cli
+
+    return edgevlm_cli(cmd, log, check)
 
 
 def _bundle_mb(path: Path) -> float:

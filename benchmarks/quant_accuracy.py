@@ -12,7 +12,6 @@ Writes benchmarks/results/quant_accuracy.{json,md}.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,11 +22,9 @@ TARGET_LOSS = {"fp32": 0.0, "int8": 0.01, "int4": 0.03, "mixed": 0.03}
 
 
 def _cli(*args) -> None:
-    print("$ edgevlm " + " ".join(map(str, args)), flush=True)
-    done = subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"failed: edgevlm {' '.join(map(str, args))}")
+    from cli_run import edgevlm_cli
+
+    edgevlm_cli(list(args))
 
 
 @click.command()

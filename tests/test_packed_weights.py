@@ -167,3 +167,15 @@ def test_unwritable_temporary_directory_is_one_line(int4_bundles, tmp_path, monk
     with pytest.raises(BundleError, match="TMPDIR") as info:
         edgevlm.load(int4_bundles["inline"], threads=1)
     assert "\n" not in str(info.value)
+
+
+def test_non_finite_scales_give_weights_not_warnings():
+    """A damaged store (only reachable with verify off) must not print numpy warnings."""
+    import warnings
+
+    q4 = np.full((3, 16), 0x9A, np.uint8)
+    scales = np.array([[np.inf], [np.nan], [0.5]], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q8, s8 = int8_from_int4(q4, scales, 32)
+    assert q8.shape == (32, 3) and q8.dtype == np.int8 and s8[2] > 0

@@ -59,15 +59,19 @@ def int8_from_int4(q4: np.ndarray, scales: np.ndarray, k: int, block: int = BLOC
     q -= np.float32(8)
     if blocks * block != k:  # a last partial block: pad [N, K] -> [N, blocks * block] with zeros
         q = np.pad(q, ((0, 0), (0, blocks * block - k)))
-    w = q.reshape(n, blocks, block)  # [N, K/block, block]
-    w *= scales.astype(np.float32)[:, :, None]
-    w = w.reshape(n, -1)[:, :k]  # [N, K] float32: the 4-bit weights
-    s8 = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)  # [N]
-    s8[s8 == 0] = np.float32(1)
-    w /= s8[:, None]
-    np.rint(w, out=w)
-    np.clip(w, -127, 127, out=w)
-    return np.ascontiguousarray(w.astype(np.int8).T), s8  # [K, N], [N]
+    # non-finite scales (a store damaged past its checksum, loaded with verify off) give garbage
+    # weights, not numpy warnings on stderr
+    with np.errstate(invalid="ignore", over="ignore"):
+        w = q.reshape(n, blocks, block)  # [N, K/block, block]
+        w *= scales.astype(np.float32)[:, :, None]
+        w = w.reshape(n, -1)[:, :k]  # [N, K] float32: the 4-bit weights
+        s8 = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)  # [N]
+        s8[s8 == 0] = np.float32(1)
+        w /= s8[:, None]
+        np.rint(w, out=w)
+        np.clip(w, -127, 127, out=w)
+        q8 = w.astype(np.int8)
+    return np.ascontiguousarray(q8.T), s8  # [K, N], [N]
 
 
 def _entries(spec: dict, store_size: int) -> list[dict]:
