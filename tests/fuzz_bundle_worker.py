@@ -48,6 +48,7 @@ class BundleFuzzer(FileFuzzer):
         self.manifest = json.loads(self.pristine["edgevlm.json"])
         self.dirty: set[str] = set()
         self.spans = {g: message_spans(self.pristine[g]) for g in self.GRAPHS}
+        self.external_targets = [g for g in self.GRAPHS if self._can_move_a_weight(g)]
         self.kinds = {
             "checksum_mismatch": (1, self.checksum_mismatch),
             "onnx_bit_flips": (4, self.onnx_bit_flips),
@@ -67,6 +68,16 @@ class BundleFuzzer(FileFuzzer):
         if listed:
             manifest["files"][name] = sha256_of(self.root / name)
         self.put("edgevlm.json", json.dumps(manifest).encode())
+
+    def _can_move_a_weight(self, graph_file: str) -> bool:
+        """A graph onnx_external_data can rewrite: one with a float weight inside the protobuf, and
+        not a packed graph (edgevlm.runtime.packed_weights), which may read only its expanded file."""
+        import onnx
+
+        if self.manifest["graphs"][graph_file.split(".")[0]].get("packed_weights"):
+            return False
+        model = onnx.ModelProto.FromString(self.pristine[graph_file])
+        return any(t.data_type == onnx.TensorProto.FLOAT and len(t.raw_data) >= 64 for t in model.graph.initializer)
 
     def checksum_mismatch(self, rng):
         name = rng.choice(sorted(self.manifest["files"]))
@@ -89,7 +100,7 @@ class BundleFuzzer(FileFuzzer):
         """Move one initializer's bytes to a side file and point at it, rightly or wrongly."""
         import onnx
 
-        name = rng.choice(self.GRAPHS)
+        name = rng.choice(self.external_targets)
         model = onnx.ModelProto.FromString(self.pristine[name])
         # weights, as exporters externalize them (ORT cannot constant-fold shape inputs kept outside)
         tensor = rng.choice([t for t in model.graph.initializer

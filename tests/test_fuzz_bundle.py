@@ -123,6 +123,34 @@ def test_fuzz_bundles(tiny_bundle, tmp_path):
         assert outcomes.get(f"{kind}:typed_error", 0) > 0, (kind, outcomes)  # every mutator reaches a check
 
 
+PACKED_CASES = 600
+
+
+@pytest.fixture(scope="module")
+def packed_bundle(tmp_path_factory):
+    """The tiny model at int4: weights in data files, the table shared with the lm_head and the
+    vision weights in the 4-bit store the runtime unpacks (random weights: past the quality gate)."""
+    from edgevlm.export.to_onnx import export_bundle
+    from tests.conftest import tiny_scene_setup
+
+    model, tokenizer, pre, prompt, gen, special = tiny_scene_setup()
+    out = tmp_path_factory.mktemp("bundles") / "packed"
+    export_bundle(model, tokenizer, out, preprocess=pre.to_dict(), prompt=prompt.to_dict(), special_tokens=special,
+                  generation=gen.to_dict(), progress=False, quant="int4",
+                  external_min_bytes=0, quant_gate=False)
+    return out
+
+
+def test_fuzz_packed_bundles(packed_bundle, tmp_path):
+    manifest = json.loads((packed_bundle / "edgevlm.json").read_text())
+    assert "packed_weights" in manifest["graphs"]["vision_encoder"] and "decoder.onnx.data" in manifest["files"]
+    summary = run_worker("bundle", packed_bundle, tmp_path / "work", PACKED_CASES, seed=3, trace=_strace_works())
+    _print_summary("packed bundle fuzz", summary)
+    outcomes = summary["outcomes"]
+    for kind in ("checksum_mismatch", "onnx_bit_flips", "manifest_values"):
+        assert outcomes.get(f"{kind}:typed_error", 0) > 0, (kind, outcomes)
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from safetensors.torch import save_model
