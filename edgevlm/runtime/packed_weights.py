@@ -52,26 +52,39 @@ def unpack_nibbles(q4: np.ndarray, k: int) -> np.ndarray:
     return out[:, :k]
 
 
+ROWS = 128  # output channels unpacked at a time: a chunk's float32 copy stays in cache (~4x faster)
+
+
 def int8_from_int4(q4: np.ndarray, scales: np.ndarray, k: int, block: int = BLOCK):
-    """(q4 [N, K/2] uint8, scales [N, ceil(K/block)] float32) -> (q8 [K, N] int8, s8 [N] float32)."""
+    """(q4 [N, K/2] uint8, scales [N, ceil(K/block)] float32) -> (q8 [K, N] int8, s8 [N] float32).
+    Each output channel depends on its own row only, so rows are done ROWS at a time."""
+    n = scales.shape[0]
+    q8, s8 = np.empty((k, n), np.int8), np.empty(n, np.float32)
+    for r in range(0, n, ROWS):
+        rows_q8, s8[r:r + ROWS] = _int8_rows(q4[r:r + ROWS], scales[r:r + ROWS], k, block)
+        q8[:, r:r + ROWS] = rows_q8.T
+    return q8, s8
+
+
+def _int8_rows(q4: np.ndarray, scales: np.ndarray, k: int, block: int):
+    """int8_from_int4 for a few rows: -> (q8 [rows, K] int8, s8 [rows] float32)."""
     n, blocks = scales.shape
     q = unpack_nibbles(q4, k).astype(np.float32)
     q -= np.float32(8)
-    if blocks * block != k:  # a last partial block: pad [N, K] -> [N, blocks * block] with zeros
+    if blocks * block != k:  # a last partial block: pad [rows, K] -> [rows, blocks * block] with zeros
         q = np.pad(q, ((0, 0), (0, blocks * block - k)))
     # non-finite scales (a store damaged past its checksum, loaded with verify off) give garbage
     # weights, not numpy warnings on stderr
     with np.errstate(invalid="ignore", over="ignore"):
-        w = q.reshape(n, blocks, block)  # [N, K/block, block]
+        w = q.reshape(n, blocks, block)  # [rows, K/block, block]
         w *= scales.astype(np.float32)[:, :, None]
-        w = w.reshape(n, -1)[:, :k]  # [N, K] float32: the 4-bit weights
-        s8 = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)  # [N]
+        w = w.reshape(n, -1)[:, :k]  # [rows, K] float32: the 4-bit weights
+        s8 = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)  # [rows]
         s8[s8 == 0] = np.float32(1)
         w /= s8[:, None]
         np.rint(w, out=w)
         np.clip(w, -127, 127, out=w)
-        q8 = w.astype(np.int8)
-    return np.ascontiguousarray(q8.T), s8  # [K, N], [N]
+        return w.astype(np.int8), s8
 
 
 def _entries(spec: dict, store_size: int) -> list[dict]:
