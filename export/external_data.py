@@ -44,7 +44,8 @@ def _external_tensors(model: onnx.ModelProto, base: Path):
         if not ext.uses_external_data(t):
             continue
         info = ext.ExternalDataInfo(t)
-        yield t, info.location, info.offset or 0, info.length or (base / info.location).stat().st_size
+        offset = info.offset or 0
+        yield t, info.location, offset, info.length or (base / info.location).stat().st_size - offset
 
 
 def stored_tensors(graph_path: Path) -> dict[str, tuple[str, int, int]]:

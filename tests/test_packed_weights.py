@@ -122,6 +122,13 @@ def _unlist(spec, manifest, path):
     del manifest["files"][spec["file"]]
 
 
+def _graph_in_subdir(spec, manifest, path):
+    (path / "sub").mkdir()
+    shutil.copyfile(path / "vision_encoder.onnx", path / "sub" / "vision_encoder.onnx")
+    manifest["graphs"]["vision_encoder"]["file"] = "sub/vision_encoder.onnx"
+    manifest["files"]["sub/vision_encoder.onnx"] = sha256_file(path / "sub" / "vision_encoder.onnx")
+
+
 def _ship_int8(spec, manifest, path):  # an int8 file placed in the bundle is never read
     (path / spec["expands_to"]).write_bytes(b"\0" * 10)
     manifest["files"][spec["expands_to"]] = sha256_file(path / spec["expands_to"])
@@ -137,6 +144,10 @@ def _ship_int8(spec, manifest, path):  # an int8 file placed in the bundle is ne
     (lambda s, m, p: s.update(expands_to="../x.data"), "bad expanded file name"),
     (lambda s, m, p: s.update(expands_to="vision_encoder.onnx"), "bad expanded file name"),
     (_unlist, "not a checksummed file"),
+    (lambda s, m, p: s.update(file=[1, 2]), "not a checksummed file"),
+    (lambda s, m, p: s["tensors"][1].update(q4_offset=0), "overlaps another"),  # would re-read tensor 0
+    (lambda s, m, p: s["tensors"][0].update(k=1 << 17), "malformed entry"),  # one row's float copy: GBs
+    (_graph_in_subdir, "top level"),
 ])
 def test_malformed_packed_weights_are_refused_in_one_line(int4_bundles, tmp_path, change, message):
     path = _mutated(int4_bundles["inline"], tmp_path, change)

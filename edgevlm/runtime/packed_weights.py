@@ -87,39 +87,49 @@ def _int8_rows(q4: np.ndarray, scales: np.ndarray, k: int, block: int):
         return w.astype(np.int8), s8
 
 
+MAX_K = 1 << 16  # inputs per weight; real towers stay far below (SmolVLM's largest is 12288)
+
+
 def _entries(spec: dict, store_size: int) -> list[dict]:
-    """The manifest's tensor list, checked: integers in range, every slice inside the store, and the
-    int8 tensors laid end to end in order (so the expanded file has no gap and no overlap)."""
+    """The manifest's tensor list, checked: integers in range, each tensor's 4-bit values and
+    scales inside the store, in order and not overlapping any other's (so the expanded file is at
+    most twice the store), and the int8 tensors laid end to end (no gap, no overlap)."""
     tensors, block = spec.get("tensors"), spec.get("block")
     if block != BLOCK or not isinstance(tensors, list) or not tensors:
         raise BundleError(f"packed weights of {spec.get('file')!r} have an unsupported layout (block {block!r})")
-    offset = 0
+    offset = store_end = 0
     for t in tensors:
         if not isinstance(t, dict) or set(t) != set(KEYS) or not isinstance(t["name"], str) or any(
-                type(t[key]) is not int or t[key] < 0 for key in KEYS[1:]) or t["k"] < 1 or t["n"] < 1:
+                type(t[key]) is not int or t[key] < 0 for key in KEYS[1:]) or not (
+                1 <= t["k"] <= MAX_K and t["n"] >= 1):
             raise BundleError(f"packed weights of {spec.get('file')!r}: malformed entry {str(t)[:80]}")
         k, n = t["k"], t["n"]
-        if (t["offset"] != offset or t["q4_offset"] + n * ((k + 1) // 2) > store_size
-                or t["scales_offset"] + 2 * n * -(-k // block) > store_size or t["scales_offset"] % 2):
+        q4_end = t["q4_offset"] + n * ((k + 1) // 2)
+        scales_end = t["scales_offset"] + 2 * n * -(-k // block)
+        if (t["offset"] != offset or t["q4_offset"] < store_end or t["scales_offset"] < q4_end
+                or scales_end > store_size or t["scales_offset"] % 2):
             raise BundleError(f"packed weights of {spec.get('file')!r}: tensor {t['name'][:60]!r} lies outside "
-                              "the file or out of order")
-        offset += k * n
+                              "the file, overlaps another or is out of order")
+        offset, store_end = offset + k * n, scales_end
     return tensors
 
 
 def expand(store: Path, spec: dict, out: Path) -> int:
     """Write the int8 file of `spec` (a manifest packed_weights entry) from `store` to `out`.
-    One tensor at a time, so memory holds a single weight's float32 copy. Returns its size."""
-    size = store.stat().st_size
+    One tensor at a time, ROWS output channels at a time. Returns its size."""
+    try:
+        size = store.stat().st_size
+        data = np.memmap(store, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {store.name} ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
     tensors = _entries(spec, size)
-    data = np.memmap(store, dtype=np.uint8, mode="r")
     with open(out, "wb") as f:
         for t in tensors:
             k, n = t["k"], t["n"]
             q4 = np.asarray(data[t["q4_offset"]:t["q4_offset"] + n * ((k + 1) // 2)]).reshape(n, -1)
             raw = np.asarray(data[t["scales_offset"]:t["scales_offset"] + 2 * n * -(-k // BLOCK)])
             q8, _ = int8_from_int4(q4, raw.view(np.float16).reshape(n, -1), k)
-            f.write(q8.tobytes())
+            f.write(memoryview(q8).cast("B"))
         written = f.tell()
     del data
     return written
@@ -129,7 +139,8 @@ def expand(store: Path, spec: dict, out: Path) -> int:
 def unpacked_graph(bundle_dir: Path, graph_file: str, spec: dict):
     """Yield the path of a copy of `graph_file` whose external int8 file has been expanded beside
     it, in a private temporary directory that is removed afterwards (the session, once created,
-    keeps what it needs)."""
+    keeps what it needs; on Linux a mapped file may be unlinked, elsewhere a directory that cannot
+    be removed yet is left to the system's temp cleaning)."""
     store = Path(bundle_dir) / spec["file"]
     target = spec.get("expands_to")
     if (not isinstance(target, str) or os.path.basename(target) != target
@@ -138,14 +149,16 @@ def unpacked_graph(bundle_dir: Path, graph_file: str, spec: dict):
     try:
         work = Path(tempfile.mkdtemp(prefix="edgevlm-unpack-"))
     except OSError as exc:
-        raise BundleError(f"cannot unpack {graph_file}'s 4-bit weights: no temporary directory ({exc.strerror}); "
+        raise BundleError(f"cannot unpack {graph_file}'s 4-bit weights: no temporary directory "
+                          f"({exc.strerror or type(exc).__name__}); "
                           "set TMPDIR to a writable directory") from None
     try:
         try:
             shutil.copyfile(Path(bundle_dir) / graph_file, work / graph_file)
             expand(store, spec, work / target)
         except OSError as exc:
-            raise BundleError(f"cannot unpack {graph_file}'s 4-bit weights into {work} ({exc.strerror}); "
+            raise BundleError(f"cannot unpack {graph_file}'s 4-bit weights into {work} "
+                              f"({exc.strerror or type(exc).__name__}); "
                               "set TMPDIR to a directory with space") from None
         yield work / graph_file
     finally:

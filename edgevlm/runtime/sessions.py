@@ -105,8 +105,11 @@ def _session(path: Path, so: ort.SessionOptions, shown_dir: Path) -> ort.Inferen
 def _packed_session(bundle: Bundle, path: Path, spec, so: ort.SessionOptions) -> ort.InferenceSession:
     """A graph whose int8 weights ship at 4 bit (edgevlm.runtime.packed_weights): unpacked into a
     temporary directory; the graph may read only the expanded file there."""
-    if not isinstance(spec, dict) or spec.get("file") not in bundle.manifest["files"]:
+    if (not isinstance(spec, dict) or not isinstance(spec.get("file"), str)
+            or spec["file"] not in bundle.manifest["files"]):
         raise BundleError(f"{path.name}: its packed weights are not a checksummed file of the bundle")
+    if path.parent != bundle.path:  # the copy keeps the graph's own name, beside its expanded file
+        raise BundleError(f"{path.name}: a graph with packed weights must be at the bundle's top level")
     if path.name not in bundle.manifest["files"] or not path.is_file():
         raise BundleError(f"bundle file {path.name} is missing or not checksummed in edgevlm.json")
     with unpacked_graph(bundle.path, path.name, spec) as copy:
