@@ -18,19 +18,13 @@ import json
 import math
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import click
+from cli_run import edgevlm_cli
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE = Path(__file__).resolve().parents[1] / "edgevlm" / "assets" / "samples" / "scene_00.png"
-
-
-def _run(cmd: list[str], log: list[str], check: bool = True) -> float | str:
-    from cli_run import edgevlm_cli
-
-    return edgevlm_cli(cmd, log, check)
 
 
 def _bundle_mb(path: Path) -> float:
@@ -96,15 +90,15 @@ def _rows_from_run(run_dir: Path, work: Path, scenes: int, log: list[str]):
     for name in ("teacher", "scratch"):
         bundle = work / f"{name}_bundle"
         shutil.rmtree(bundle, ignore_errors=True)
-        _run(["export", str(ckpts[name]), "-o", str(bundle)], log)
+        edgevlm_cli(["export", str(ckpts[name]), "-o", str(bundle)], log)
         rows[name] = {"checkpoint": ckpts[name], "bundle": bundle, "train_s": run["models"][name]["train_s"]}
     val = {}
     for name in [n for n in ckpts if n.startswith("distilled_")]:
         bundle = work / f"{name}_bundle"
         shutil.rmtree(bundle, ignore_errors=True)
-        _run(["export", str(ckpts[name]), "-o", str(bundle)], log)
+        edgevlm_cli(["export", str(ckpts[name]), "-o", str(bundle)], log)
         metrics = work / f"{name}_val_metrics.json"
-        _run(["eval", str(bundle), "--split", "val", "--scenes", str(scenes), "--json", str(metrics)], log)
+        edgevlm_cli(["eval", str(bundle), "--split", "val", "--scenes", str(scenes), "--json", str(metrics)], log)
         val[name] = json.loads(metrics.read_text())["CIDEr-D"]
     pick = max(val, key=val.get)
     rows["distilled"] = {"checkpoint": ckpts[pick], "bundle": work / f"{pick}_bundle",
@@ -123,7 +117,7 @@ def _train_rows(teacher, student, steps, batch_size, temperature, alpha, threads
     common = ["--steps", str(steps), "--batch-size", str(batch_size), "--seed", "0", "--threads", str(threads)]
     rows = {"teacher": {"checkpoint": teacher, "bundle": work / "teacher_bundle", "train_s": None}}
     if not rows["teacher"]["bundle"].exists():
-        _run(["export", str(teacher), "-o", str(rows["teacher"]["bundle"])], log)
+        edgevlm_cli(["export", str(teacher), "-o", str(rows["teacher"]["bundle"])], log)
     for name, cmd in (
         ("scratch", ["train", "--preset", student, "--data", "scenes"]),
         ("distilled", ["distill", "--teacher", str(teacher), "--student", student, "--data", "scenes",
@@ -134,7 +128,7 @@ def _train_rows(teacher, student, steps, batch_size, temperature, alpha, threads
         if not (reuse and timing.exists() and _steps_done(ckpt) == steps and bundle.exists()):
             for stale in (ckpt, bundle):
                 shutil.rmtree(stale, ignore_errors=True)
-            train_s = _run([*cmd, *common, "-o", str(ckpt), "--export", str(bundle)], log)
+            train_s = edgevlm_cli([*cmd, *common, "-o", str(ckpt), "--export", str(bundle)], log)
             timing.write_text(json.dumps({"train_s": round(train_s)}))
         else:
             log.append(" ".join([*cmd, *common, "-o", str(ckpt), "--export", str(bundle)]) + "   # reused")
@@ -147,7 +141,7 @@ def _score(rows, settings, scenes, threads, work, out, log):
     for quant in ("int8", "int4", "mixed"):
         bundle = work / f"distilled_{quant}_bundle"
         shutil.rmtree(bundle, ignore_errors=True)
-        outcome = _run(["export", str(rows["distilled"]["checkpoint"]), "-o", str(bundle), "--quant", quant,
+        outcome = edgevlm_cli(["export", str(rows["distilled"]["checkpoint"]), "-o", str(bundle), "--quant", quant,
                         "--attention", "fused"], log, check=False)
         if isinstance(outcome, str):  # the export's quality gate refused it: reported, not hidden
             refused[f"distilled {quant}"] = outcome
@@ -159,7 +153,7 @@ def _score(rows, settings, scenes, threads, work, out, log):
         eval_cmd = ["eval", str(row["bundle"]), "--scenes", str(scenes), "--json", str(metrics_path)]
         if name != "teacher":
             eval_cmd += ["--reference", str(rows["teacher"]["bundle"])]
-        _run(eval_cmd, log)
+        edgevlm_cli(eval_cmd, log)
         m = json.loads(metrics_path.read_text())
         table.append({"model": name, "params": _params(row["checkpoint"]), "bundle_mb": _bundle_mb(row["bundle"]),
                       "CIDEr-D": m["CIDEr-D"], "BLEU-4": m["BLEU-4"], "exact_match": m["exact_match"],

@@ -12,19 +12,13 @@ Writes benchmarks/results/quant_accuracy.{json,md}.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
+from cli_run import edgevlm_cli
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_LOSS = {"fp32": 0.0, "int8": 0.01, "int4": 0.03, "mixed": 0.03}
-
-
-def _cli(*args) -> None:
-    from cli_run import edgevlm_cli
-
-    edgevlm_cli(list(args))
 
 
 @click.command()
@@ -38,10 +32,10 @@ def main(checkpoint, scenes, work, out):
     rows = []
     for quant in TARGET_LOSS:
         bundle = work / f"{quant}_bundle"
-        _cli("export", checkpoint, "-o", bundle, "--attention", "fused", "--quant", quant, "--overwrite")
+        edgevlm_cli(["export", checkpoint, "-o", bundle, "--attention", "fused", "--quant", quant, "--overwrite"])
         metrics = work / f"{quant}_metrics.json"
         ref = [] if quant == "fp32" else ["--reference", work / "fp32_bundle"]
-        _cli("eval", bundle, "--scenes", scenes, "--json", metrics, *ref)
+        edgevlm_cli(["eval", bundle, "--scenes", scenes, "--json", metrics, *ref])
         m = json.loads(metrics.read_text())
         size = sum(f.stat().st_size for f in bundle.iterdir() if f.is_file())
         rows.append({"precision": quant, "bundle_mb": round(size / 1e6, 2), "CIDEr-D": m["CIDEr-D"],

@@ -38,61 +38,48 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def _external_tensors(model: onnx.ModelProto, base: Path):
-    """(TensorProto, location, offset, length) of each initializer stored in a data file."""
-    for t in model.graph.initializer:
-        if not ext.uses_external_data(t):
-            continue
-        info = ext.ExternalDataInfo(t)
-        offset = info.offset or 0
-        yield t, info.location, offset, info.length or (base / info.location).stat().st_size - offset
-
-
-def stored_tensors(graph_path: Path) -> dict[str, tuple[str, int, int]]:
-    """{sha256 of the bytes: (data file, offset, length)} of a graph's external tensors."""
-    model = onnx.load(str(graph_path), load_external_data=False)
-    found = {}
-    for _, location, offset, length in _external_tensors(model, graph_path.parent):
-        if length < TENSOR_MIN_BYTES:
-            continue
-        with open(graph_path.parent / location, "rb") as f:
-            f.seek(offset)
-            found.setdefault(hashlib.sha256(f.read(length)).hexdigest(), (location, offset, length))
-    return found
+def refer(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make `tensor` read its bytes from `location` (a data file beside the graph) instead of
+    holding them."""
+    ext.set_external_data(tensor, location=location, offset=offset, length=length)  # needs raw_data
+    tensor.ClearField("raw_data")
 
 
 def save_graph(model: onnx.ModelProto, path: Path, shared: dict[str, tuple[str, int, int]] | None = None,
-               min_bytes: int = EXTERNAL_MIN_BYTES) -> list[str]:
+               min_bytes: int = EXTERNAL_MIN_BYTES) -> tuple[list[str], dict[str, tuple[str, int, int]]]:
     """Write `model` (weights in memory) to `path`. Each initializer whose bytes are in `shared`
-    (from stored_tensors of graphs already written) points there instead of being stored again;
-    then, if what is left takes at least min_bytes, the large tensors go to PATH.data.
-    Returns the data files the graph now reads (for the manifest)."""
+    ({sha256: (data file, offset, length)} of graphs already written) points there instead of being
+    stored again; then, if what is left takes at least min_bytes, the large tensors go to PATH.data.
+    Returns (the data files the graph now reads, for the manifest; the same kind of map for the
+    tensors it wrote to its own data file)."""
     path = Path(path)
+    shared = shared or {}
+    digests = {t.name: hashlib.sha256(t.raw_data).hexdigest()
+               for t in model.graph.initializer if len(t.raw_data) >= TENSOR_MIN_BYTES}
     used = set()
     for t in model.graph.initializer:
-        if len(t.raw_data) < TENSOR_MIN_BYTES or not shared:
-            continue
-        hit = shared.get(hashlib.sha256(t.raw_data).hexdigest())
+        hit = shared.get(digests.get(t.name))
         if hit:
-            location, offset, length = hit
-            ext.set_external_data(t, location=location, offset=offset, length=length)
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            used.add(location)
+            refer(t, *hit)
+            used.add(hit[0])
     own = data_file(path.name)
     if os.path.exists(path.parent / own):
         os.remove(path.parent / own)  # onnx appends to an existing data file
     large = [t for t in model.graph.initializer
              if not ext.uses_external_data(t) and len(t.raw_data) >= TENSOR_MIN_BYTES]
+    stored = {}
     if large and initializer_bytes(model) >= min_bytes:
         for t in large:
             ext.set_external_data(t, location=own)
-        ext.write_external_data_tensors(model, str(path.parent))
+        ext.write_external_data_tensors(model, str(path.parent))  # sets each tensor's offset and length
+        for t in large:
+            info = ext.ExternalDataInfo(t)
+            stored.setdefault(digests[t.name], (own, info.offset, info.length))
         used.add(own)
     onnx.save(model, str(path))
     if own in used:  # onnx creates data files owner-only; give it the graph's permissions
         shutil.copymode(path, path.parent / own)
-    return sorted(used)
+    return sorted(used), stored
 
 
 def externalize_bundle(work: Path, graphs, min_bytes: int = EXTERNAL_MIN_BYTES) -> list[str]:
@@ -101,7 +88,8 @@ def externalize_bundle(work: Path, graphs, min_bytes: int = EXTERNAL_MIN_BYTES) 
     files, shared = set(), {}
     for name in graphs:
         path = work / f"{name}.onnx"
-        model = onnx.load(str(path))
-        files.update(save_graph(model, path, shared, min_bytes))
-        shared.update({k: v for k, v in stored_tensors(path).items() if k not in shared})
+        used, stored = save_graph(onnx.load(str(path)), path, shared, min_bytes)
+        files.update(used)
+        for digest, where in stored.items():
+            shared.setdefault(digest, where)
     return sorted(files)

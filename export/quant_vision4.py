@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper as ext
 from onnx import numpy_helper
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.export.external_data import refer
 from edgevlm.export.quant_embed import pack_nibbles, quantize_blocks
 from edgevlm.runtime.packed_weights import BLOCK, int8_from_int4
 
@@ -74,9 +74,7 @@ def quantize_vision_int4(model: onnx.ModelProto, dst: Path) -> dict:
             packed = pack_nibbles(q4)  # [N, K/2]
             q8, s8 = int8_from_int4(packed, scales, k)  # [K, N], [N]
             scale.CopyFrom(numpy_helper.from_array(s8, scale.name))
-            ext.set_external_data(b, location=target_name, offset=offset, length=k * n)
-            b.ClearField("raw_data")
-            b.data_location = onnx.TensorProto.EXTERNAL
+            refer(b, target_name, offset, k * n)
             target.write(q8.tobytes())
             q4_offset = len(store)
             store += packed.tobytes()

@@ -40,6 +40,12 @@ PRECISION = {
 }
 
 
+def is_packed(graph: str, precision: str) -> bool:
+    """Does this graph at this precision ship its weights at 4 bit and run them as int8
+    (export/quant_vision4.py)?"""
+    return graph == "vision_encoder" and precision == "int4"
+
+
 def precisions(quant: str) -> dict[str, str]:
     if quant not in PRECISION:
         raise EdgeVLMError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT)}")
@@ -98,7 +104,7 @@ def quantize_graph(src: Path, dst: Path, precision: str, graph: str | None = Non
         return {}
     gemm_to_matmul(model)
     nodes = {}
-    if graph == "vision_encoder" and precision == "int4":
+    if is_packed(graph, precision):
         from edgevlm.export.quant_vision4 import quantize_vision_int4
 
         return quantize_vision_int4(model, dst)
@@ -123,16 +129,18 @@ def quantize_graph(src: Path, dst: Path, precision: str, graph: str | None = Non
     return nodes
 
 
-def quantize_bundle_graphs(work: Path, precision: dict, mixed=None, gate: bool = True) -> dict[str, dict]:
+def quantize_bundle_graphs(work: Path, precision: dict, mixed=None,
+                           gate: bool = True) -> tuple[dict[str, dict], dict[str, dict]]:
     """Quantize, in place, each non-fp32 graph of the bundle being written in `work`, check it
-    against its fp32 graph and return what its manifest validation entry gains:
-    {"quantized_vs_fp32": report + tolerance} and, for a mixed decoder, "mixed" (the 8-bit layers,
-    their nodes and why). mixed: an export.quant_mixed.MixedPlan, needed for "mixed".
+    against its fp32 graph and return (what each graph's manifest validation entry gains, the
+    packed_weights entry of each packed graph). The first: {"quantized_vs_fp32": report +
+    tolerance} and, for a mixed decoder, "mixed" (the 8-bit layers, their nodes and why).
+    mixed: an export.quant_mixed.MixedPlan, needed for "mixed".
     gate=False: a graph outside its tolerance is kept, with "gate": "off" beside its measured error
     (for random-weight models that only time speed: untrained layers compound rounding error)."""
     from edgevlm.export.validate import ExportValidationError
 
-    out = {}
+    out, packed = {}, {}
     for name, prec in precision.items():
         if prec == "fp32":
             continue
@@ -149,10 +157,10 @@ def quantize_bundle_graphs(work: Path, precision: dict, mixed=None, gate: bool =
                                         f"{tolerance(name, prec)}: {report}")
         out[name] = {"quantized_vs_fp32": {**report, "tolerance": tolerance(name, prec),
                                            **({} if gate else {"gate": "off"})}}
-        if name == "vision_encoder" and prec == "int4":
-            out[name]["packed_weights"] = nodes
+        if is_packed(name, prec):
+            packed[name] = nodes
         if prec == "mixed":
             record = dict(mixed.record)
             record["int8_layers"] = [{**r, "node": nodes[r["layer"]]} for r in record["int8_layers"]]
             out[name]["mixed"] = record
-    return out
+    return out, packed

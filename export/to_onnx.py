@@ -77,15 +77,15 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
         if bad:
             worst = ", ".join(f"{k} {v['max_abs_diff']:.2e} > {v['tolerance']:.2g}" for k, v in bad.items())
             raise ExportValidationError(f"exported graphs disagree with PyTorch: {worst}")
-        for name, checks in quantize_bundle_graphs(work, precision, mixed, quant_gate).items():
-            validation[name].update(checks)
+        # packed: 4-bit vision weights (export/quant_vision4.py); the graph reads an int8 file the runtime makes
+        checks, packed = quantize_bundle_graphs(work, precision, mixed, quant_gate)
+        for name, entry in checks.items():
+            validation[name].update(entry)
         if attention == "fused":  # the same arithmetic column by column (tests/test_merge_matmuls.py)
             renamed = merge_decoder_linears(work / "decoder.onnx")
             validation["decoder"]["merged_linears"] = len(renamed)
             for layer in validation["decoder"].get("mixed", {}).get("int8_layers", []):
                 layer["node"] = renamed.get(layer["node"], layer["node"])
-        # 4-bit vision weights (export/quant_vision4.py): the graph reads an int8 file the runtime makes
-        packed = {k: v.pop("packed_weights") for k, v in validation.items() if "packed_weights" in v}
         # the decoder before embed_tokens: a tied int4 table then points at the lm_head's bytes
         data_files = externalize_bundle(work, [g for g in ("vision_encoder", "decoder", "embed_tokens")
                                                if g not in packed], external_min_bytes)

@@ -32,6 +32,14 @@ BEGIN_MARKER = "/nonexistent-edgevlm-fuzz-begin"  # an open() of these shows up 
 END_MARKER = "/nonexistent-edgevlm-fuzz-end"
 
 
+def _movable_weights(model) -> list:
+    """The float weights inside the protobuf that onnx_external_data may move out: weights, as
+    exporters externalize them (ORT cannot constant-fold shape inputs kept outside)."""
+    import onnx
+
+    return [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.raw_data) >= 64]
+
+
 class BundleFuzzer(FileFuzzer):
     GRAPHS = ("vision_encoder.onnx", "embed_tokens.onnx", "decoder.onnx")
 
@@ -76,8 +84,7 @@ class BundleFuzzer(FileFuzzer):
 
         if self.manifest["graphs"][graph_file.split(".")[0]].get("packed_weights"):
             return False
-        model = onnx.ModelProto.FromString(self.pristine[graph_file])
-        return any(t.data_type == onnx.TensorProto.FLOAT and len(t.raw_data) >= 64 for t in model.graph.initializer)
+        return bool(_movable_weights(onnx.ModelProto.FromString(self.pristine[graph_file])))
 
     def checksum_mismatch(self, rng):
         name = rng.choice(sorted(self.manifest["files"]))
@@ -102,9 +109,7 @@ class BundleFuzzer(FileFuzzer):
 
         name = rng.choice(self.external_targets)
         model = onnx.ModelProto.FromString(self.pristine[name])
-        # weights, as exporters externalize them (ORT cannot constant-fold shape inputs kept outside)
-        tensor = rng.choice([t for t in model.graph.initializer
-                             if t.data_type == onnx.TensorProto.FLOAT and len(t.raw_data) >= 64])
+        tensor = rng.choice(_movable_weights(model))
         raw = tensor.raw_data
         data = os.urandom(rng.randrange(64)) + raw
         offset, length = len(data) - len(raw), len(raw)

@@ -86,10 +86,17 @@ def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.Inferen
         if opts.model_format == "onnx":
             # external data must be a listed (so checksummed) file inside the bundle, before ORT reads it
             check_external_data(path, bundle.path, allowed=set(bundle.manifest["files"]))
-        elif path.name not in bundle.manifest["files"] or not path.is_file():
-            raise BundleError(f"bundle file {path.name} is missing or not checksummed in edgevlm.json")
+        else:
+            _check_listed(bundle, path)
         sessions[name] = _session(path, so, bundle.path)
     return sessions
+
+
+def _check_listed(bundle: Bundle, path: Path) -> None:
+    """A graph ORT reads whole, with no external data to check: the bundle's own check (listed, so
+    checksummed) is its file check."""
+    if path.name not in bundle.manifest["files"] or not path.is_file():
+        raise BundleError(f"bundle file {path.name} is missing or not checksummed in edgevlm.json")
 
 
 def _session(path: Path, so: ort.SessionOptions, shown_dir: Path) -> ort.InferenceSession:
@@ -110,8 +117,7 @@ def _packed_session(bundle: Bundle, path: Path, spec, so: ort.SessionOptions) ->
         raise BundleError(f"{path.name}: its packed weights are not a checksummed file of the bundle")
     if path.parent != bundle.path:  # the copy keeps the graph's own name, beside its expanded file
         raise BundleError(f"{path.name}: a graph with packed weights must be at the bundle's top level")
-    if path.name not in bundle.manifest["files"] or not path.is_file():
-        raise BundleError(f"bundle file {path.name} is missing or not checksummed in edgevlm.json")
+    _check_listed(bundle, path)
     with unpacked_graph(bundle.path, path.name, spec) as copy:
         check_external_data(copy, copy.parent, allowed={spec["expands_to"]})
         return _session(copy, so, copy.parent)
