@@ -5,7 +5,19 @@ The base install is the runtime only (no torch). `export`/`train` add the PyTorc
 machine class's disk: a bare `torch` requirement would pull a multi-GB CUDA build.
 """
 
-from setuptools import setup
+from setuptools import Extension, setup
+
+# The bf16 vision attention kernel (edgevlm/runtime/attention_kernel.py loads it with ctypes; no
+# Python API). Optional: without a C compiler the install still succeeds and the runtime runs
+# attention on ONNX Runtime. Only the kernel functions are compiled for AVX-512 (target attributes),
+# so the library loads on any x86-64 and says whether the CPU can run it.
+ATTENTION = Extension(
+    "edgevlm.runtime._attention_bf16",
+    sources=["kernels/csrc/attention_bf16.c"],
+    extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
+    extra_link_args=["-lpthread", "-lm"],
+    optional=True,
+)
 
 RUNTIME = [
     "numpy>=1.24",
@@ -44,6 +56,7 @@ setup(
         "edgevlm.benchmarks": "benchmarks",
     },
     package_data={"edgevlm": ["assets/default/*", "assets/samples/*"]},
+    ext_modules=[ATTENTION],
     install_requires=RUNTIME,
     extras_require={"export": TORCH_SIDE, "train": TORCH_SIDE, "bench": BENCH, "dev": DEV},
     entry_points={"console_scripts": ["edgevlm=edgevlm.cli:main"]},

@@ -35,7 +35,7 @@ def device_info() -> dict:
 
     model, flags = _cpuinfo()
     isa = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 VNNI", "avx512_vnni"),
-                                   ("AVX-VNNI", "avx_vnni"), ("AMX", "amx_tile"), ("NEON", "asimd"),
+                                   ("AVX-VNNI", "avx_vnni"), ("AVX-512 BF16", "avx512_bf16"), ("AMX", "amx_tile"), ("NEON", "asimd"),
                                    ("dotprod", "asimddp")) if flag in flags]
     return {
         "cpu": model,

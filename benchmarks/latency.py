@@ -148,7 +148,7 @@ def image_source(image: Path | None, image_size: int | None):
 
 def bench_bundle(bundle=None, image=None, threads: int = 2, repeat: int = 10, warmup: int = 2,
                  new_tokens: int = 16, split: bool | None = None, image_size: int | None = None,
-                 prompt_tokens: int | None = None, model_format: str = "onnx") -> dict:
+                 prompt_tokens: int | None = None, model_format: str = "onnx", vision_attention: str = "auto") -> dict:
     """model_format: "onnx" or "ort". (The roofline is placed by the caller, after every timed
     setting, so its buffers do not count in this setting's peak RSS: see edgevlm bench.)"""
     import edgevlm
@@ -159,7 +159,8 @@ def bench_bundle(bundle=None, image=None, threads: int = 2, repeat: int = 10, wa
     for _ in range(min(repeat, MAX_LOADS)):
         vlm = None  # let the previous copy go first, so peak RSS is that of one loaded bundle
         t = time.perf_counter()
-        vlm = edgevlm.load(bundle, threads=threads, model_format=model_format)  # includes the sha256 check of every file
+        # includes the sha256 check of every file
+        vlm = edgevlm.load(bundle, threads=threads, model_format=model_format, vision_attention=vision_attention)
         loads.append((time.perf_counter() - t) * 1000)
     source, label = image_source(image, image_size)
     runs = []
@@ -173,7 +174,7 @@ def bench_bundle(bundle=None, image=None, threads: int = 2, repeat: int = 10, wa
         "bundle": vlm.bundle.path.name,
         "architecture": vlm.bundle.manifest["architecture"],
         "precision": sorted({g["precision"] for g in vlm.bundle.manifest["graphs"].values()}),
-        "model_format": model_format, "threads": threads, "repeat": repeat, "warmup": warmup, "new_tokens": new_tokens,
+        "model_format": model_format, "vision_attention": vlm.vision_attention, "threads": threads, "repeat": repeat, "warmup": warmup, "new_tokens": new_tokens,
         "image": label, "tiles": run["tiles"], "prompt_tokens": s,
         "image_tokens": run["image_tokens"], "text_tokens": s - run["image_tokens"],
         # KV positions already filled when the first and the last decode step run

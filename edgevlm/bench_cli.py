@@ -35,13 +35,17 @@ def _print_roofline(r: dict) -> None:
 @click.option("--split/--no-split", default=None, help="Override the bundle's image splitting.")
 @click.option("--model-format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="ort: time the bundle's ORT-format graphs (a bundle exported with --format ort).")
+@click.option("--vision-attention", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="auto: a quantized bundle's vision attention on edgevlm's bf16 kernel where the CPU has "
+                   "AVX-512 BF16, else ONNX Runtime's fp32; bf16: the kernel or an error; fp32: ONNX Runtime.")
 @click.option("--roofline", is_flag=True,
               help="Also measure GEMM peaks and memory bandwidth here and give each stage as a fraction of its limit.")
 @click.option("--roofline-quick", is_flag=True, help="--roofline on smaller buffers (well under a second; for tests).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Write a PNG: stage breakdown and thread sweep (needs pip install 'edgevlm[bench]').")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results to this file.")
-def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new_tokens, split, model_format, roofline,
+def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new_tokens, split, model_format,
+          vision_attention, roofline,
           roofline_quick, plot_path, json_path):
     """Time every stage of captioning: preprocess, vision encode, prefill, TTFT, decode.
 
@@ -69,13 +73,14 @@ def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new
         require_matplotlib()
     mode = "quick" if roofline_quick else "full" if roofline else None
     results = [bench_bundle(bundle, image, c, repeat, warmup, new_tokens, split, image_size, prompt_tokens,
-                            model_format=model_format) for c in counts]
+                            model_format=model_format, vision_attention=vision_attention) for c in counts]
     if mode:  # after every timed setting: the roofline's 256 MB read buffer must not count in their peak RSS
         import edgevlm
         from edgevlm.benchmarks.roofline import roofline as place
 
         for c, r in zip(counts, results):
-            r["roofline"] = place(edgevlm.load(bundle, threads=c, model_format=model_format), r,
+            r["roofline"] = place(edgevlm.load(bundle, threads=c, model_format=model_format,
+                                               vision_attention=vision_attention), r,
                                   quick=mode == "quick")
     click.echo(f"{'stage (ms)':24s}" + "".join(f"{f'{c} thread(s)':>28s}" for c in counts))
     for stage in STAGES:
@@ -88,6 +93,7 @@ def bench(bundle, image, image_size, prompt_tokens, threads, repeat, warmup, new
                f"({first['image_tokens']} image + {first['text_tokens']} text), {new_tokens} new tokens "
                f"(decode at context {first['decode_context']['first']}-{first['decode_context']['last']}); "
                f"median [min-max] of {repeat} after {warmup} warm-up")
+    click.echo(f"vision attention: {first['vision_attention']}")
     click.echo(f"bundle {first['bundle_mb']} MB, peak RSS {max(r['peak_rss_mb'] for r in results)} MB")
     for r in results:
         if "roofline" in r:

@@ -73,6 +73,9 @@ def _stream_printer(prompter):
 @click.option("--threads", type=int, default=0, help="Threads for ONNX Runtime (0 = all cores).")
 @click.option("--model-format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="ort: run the bundle's ORT-format graphs (a bundle exported with --format ort).")
+@click.option("--vision-attention", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="auto: a quantized bundle's vision attention on edgevlm's bf16 kernel where the CPU has "
+                   "AVX-512 BF16, else ONNX Runtime's fp32; bf16: the kernel or an error; fp32: ONNX Runtime.")
 @click.option("--timeout", type=float, help="Give up on one caption after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (caption, tokens, timings).")
 @click.option("--stream", is_flag=True, help="Print the caption token by token as it is generated.")
@@ -80,7 +83,8 @@ def _stream_printer(prompter):
               help="Append one JSON line per image to this file as soon as it is done (progress bar on stderr).")
 @click.option("--resume", is_flag=True, help="With --out: skip the images the file already records.")
 def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, top_k, top_p,
-            repetition_penalty, seed, split, threads, model_format, timeout, as_json, stream, out, resume):
+            repetition_penalty, seed, split, threads, model_format, vision_attention, timeout, as_json, stream, out,
+            resume):
     """Caption images: files, directories or glob patterns.
 
     \b
@@ -104,10 +108,10 @@ def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, t
                top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, do_sample=True if sampling else None)
     if out is not None:
         with ResultsFile(out, resume=resume) as results:  # refuse a used file before loading the model
-            vlm = _load_model(model_dir, threads, gen, model_format)
+            vlm = _load_model(model_dir, threads, gen, model_format, vision_attention)
             _caption_to_file(paths, results, lambda p: _record(vlm.run(p, prompt, split=split, timeout=timeout, **gen)))
         return
-    vlm = _load_model(model_dir, threads, gen, model_format)
+    vlm = _load_model(model_dir, threads, gen, model_format, vision_attention)
     failures = 0
     for name in paths:
         try:
@@ -132,10 +136,10 @@ def caption(images, model_dir, prompt, max_new_tokens, num_beams, temperature, t
         sys.exit(2)
 
 
-def _load_model(model_dir, threads, gen, model_format="onnx"):
+def _load_model(model_dir, threads, gen, model_format="onnx", vision_attention="auto"):
     import edgevlm
 
-    vlm = edgevlm.load(model_dir, threads=threads, model_format=model_format)
+    vlm = edgevlm.load(model_dir, threads=threads, model_format=model_format, vision_attention=vision_attention)
     vlm.generation_config(**gen)  # validate options once, before any image is read
     return vlm
 

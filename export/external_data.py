@@ -82,13 +82,17 @@ def save_graph(model: onnx.ModelProto, path: Path, shared: dict[str, tuple[str, 
     return sorted(used), stored
 
 
-def externalize_bundle(work: Path, graphs, min_bytes: int = EXTERNAL_MIN_BYTES) -> list[str]:
+def externalize_bundle(work: Path, graphs, min_bytes: int = EXTERNAL_MIN_BYTES, always=()) -> list[str]:
     """Rewrite each GRAPH.onnx in `work` (in the given order: the decoder before embed_tokens, so
-    the table finds the lm_head's bytes) with external data and sharing. Returns every data file."""
+    the table finds the lm_head's bytes) with external data and sharing. Returns every data file.
+    always: graphs that get a data file whatever their size (a vision graph cut into parts: the
+    parts then point at its weights instead of holding copies). A tensor that is already external
+    (the packed vision graph's int8 weights) stays where it is."""
     files, shared = set(), {}
     for name in graphs:
         path = work / f"{name}.onnx"
-        used, stored = save_graph(onnx.load(str(path)), path, shared, min_bytes)
+        used, stored = save_graph(onnx.load(str(path), load_external_data=False), path, shared,
+                                  0 if name in always else min_bytes)
         files.update(used)
         for digest, where in stored.items():
             shared.setdefault(digest, where)

@@ -25,21 +25,26 @@ def graph_io(path: Path) -> dict:
 def write_manifest(out: Path, *, architecture: str, config: dict, preprocess: dict, prompt: dict,
                    special_tokens: dict, generation: dict, validation: dict, precision: str | dict = "fp32",
                    ort_graphs: dict | None = None, ops_config: str | None = None,
-                   data_files=(), packed: dict | None = None) -> dict:
+                   data_files=(), packed: dict | None = None, split: dict | None = None) -> dict:
     """precision: one for every graph, or {graph: precision}.
     ort_graphs: {graph: .ort file} and ops_config (file name) for an ORT-format export (export/ort_format.py):
     listed under "ort_graphs" / "required_operators" and checksummed like every other file.
     data_files: the graphs' external-data files (export/external_data.py), checksummed too.
     packed: {graph: packed_weights entry} of graphs whose int8 weights ship at 4 bit
-    (edgevlm.runtime.packed_weights)."""
+    (edgevlm.runtime.packed_weights).
+    split: {graph: split entry} of graphs cut at their attention nodes (export/vision_split.py);
+    the parts are checksummed files."""
     graphs = {}
     for name in GRAPHS:
         prec = precision[name] if isinstance(precision, dict) else precision
         graphs[name] = {"file": f"{name}.onnx", "precision": prec, **graph_io(out / f"{name}.onnx")}
         if name in (packed or {}):
             graphs[name]["packed_weights"] = packed[name]
+        if name in (split or {}):
+            graphs[name]["split"] = split[name]
     files = sorted([f"{g}.onnx" for g in GRAPHS] + ["tokenizer.json"] + list((ort_graphs or {}).values())
-                   + ([ops_config] if ops_config else []) + list(data_files))
+                   + ([ops_config] if ops_config else []) + list(data_files)
+                   + [p for entry in (split or {}).values() for p in entry["parts"]])
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -19,6 +19,7 @@ from edgevlm.export.external_data import EXTERNAL_MIN_BYTES, externalize_bundle
 from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision, merge_decoder_linears
 from edgevlm.export.manifest import write_manifest
 from edgevlm.export.quantize import precisions, quantize_bundle_graphs
+from edgevlm.export.vision_split import check_split, split_graph, splittable
 from edgevlm.export.validate import (FP32_TOLERANCE, VALIDATORS, ExportValidationError, tolerance_for,
                                      validate_decoder)
 from edgevlm.models.vlm import VLM
@@ -86,10 +87,16 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
             validation["decoder"]["merged_linears"] = len(renamed)
             for layer in validation["decoder"].get("mixed", {}).get("int8_layers", []):
                 layer["node"] = renamed.get(layer["node"], layer["node"])
+        split = _will_split(work / "vision_encoder.onnx", model, attention, precision)
         # the decoder before embed_tokens: a tied int4 table then points at the lm_head's bytes
         data_files = externalize_bundle(work, [g for g in ("vision_encoder", "decoder", "embed_tokens")
-                                               if g not in packed], external_min_bytes)
+                                               if g not in packed or (split and g == "vision_encoder")],
+                                        external_min_bytes, always=("vision_encoder",) if split else ())
         data_files += [spec["file"] for spec in packed.values()]
+        if split:  # after externalizing: the parts keep the graph's data-file references
+            split = split_graph(work / "vision_encoder.onnx", model.cfg.vision.hidden_size)
+            validation["vision_encoder"]["split"] = check_split(
+                work / "vision_encoder.onnx", split, model.cfg.vision.image_size)
         tokenizer.save(str(work / "tokenizer.json"))
         ort_graphs = ops_config = None
         if model_format == "ort":
@@ -102,7 +109,7 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
             work, architecture=model.cfg.architecture, config=model.cfg.to_dict(), preprocess=preprocess,
             prompt=prompt, special_tokens=special_tokens, generation=generation,
             validation=validation, precision=precision, ort_graphs=ort_graphs, ops_config=ops_config,
-            data_files=data_files, packed=packed,
+            data_files=data_files, packed=packed, split={"vision_encoder": split} if split else None,
         )
         if out.exists():
             shutil.rmtree(out)
@@ -111,3 +118,14 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _will_split(vision: Path, model: VLM, attention: str, precision: dict) -> bool:
+    """Cut the vision graph for the bf16 attention kernel (export/vision_split.py)? Only where its
+    attention is fused, its weights are quantized (fp32 bundles keep fp32 attention) and its heads
+    are the kernel's size."""
+    if attention != "fused" or precision["vision_encoder"] == "fp32":
+        return False
+    import onnx
+
+    return splittable(onnx.load(str(vision), load_external_data=False), model.cfg.vision.hidden_size)

@@ -136,11 +136,12 @@ def expand(store: Path, spec: dict, out: Path) -> int:
 
 
 @contextlib.contextmanager
-def unpacked_graph(bundle_dir: Path, graph_file: str, spec: dict):
+def unpacked_graph(bundle_dir: Path, graph_file: str, spec: dict, also=()):
     """Yield the path of a copy of `graph_file` whose external int8 file has been expanded beside
     it, in a private temporary directory that is removed afterwards (the session, once created,
     keeps what it needs; on Linux a mapped file may be unlinked, elsewhere a directory that cannot
-    be removed yet is left to the system's temp cleaning)."""
+    be removed yet is left to the system's temp cleaning). also: other bundle files copied beside
+    it (the parts of a split graph and the data file they share)."""
     store = Path(bundle_dir) / spec["file"]
     target = spec.get("expands_to")
     if (not isinstance(target, str) or os.path.basename(target) != target
@@ -154,7 +155,8 @@ def unpacked_graph(bundle_dir: Path, graph_file: str, spec: dict):
                           "set TMPDIR to a writable directory") from None
     try:
         try:
-            shutil.copyfile(Path(bundle_dir) / graph_file, work / graph_file)
+            for name in (graph_file, *also):
+                shutil.copyfile(Path(bundle_dir) / name, work / name)
             expand(store, spec, work / target)
         except OSError as exc:
             raise BundleError(f"cannot unpack {graph_file}'s 4-bit weights into {work} "

@@ -20,6 +20,7 @@ from edgevlm.prompt import PromptConfig, Prompter
 from edgevlm.runtime.decoder import OnnxDecoder
 from edgevlm.runtime.generate import GenerationConfig, generate
 from edgevlm.runtime.sessions import ORT_ERRORS, RuntimeOptions, check_graphs, open_sessions, ort_message
+from edgevlm.runtime.vision_split import SplitVision
 
 # Tiles per vision_encoder run. One 512 px tile is already a 1024-row GEMM, so batching
 # tiles buys no throughput, while a whole split image in one run multiplies peak memory.
@@ -156,6 +157,11 @@ class VLM:
             raise GenerationError(f"prompt has {len(slots)} image tokens but the image gives {flat.shape[0]} embeddings")
         embeds[0, slots] = flat
         return embeds
+
+    @property
+    def vision_attention(self) -> str:
+        """Which code runs the vision tower's attention: "bf16 kernel (edgevlm)" or "onnxruntime"."""
+        return "bf16 kernel (edgevlm)" if isinstance(self.sessions["vision_encoder"], SplitVision) else "onnxruntime"
 
     @property
     def path(self) -> Path:

@@ -18,7 +18,9 @@ from edgevlm.bundle import GRAPHS, MODEL_FORMATS, Bundle
 from edgevlm.config import VLMConfig
 from edgevlm.errors import BundleError, ConfigError
 from edgevlm.onnx_safety import check_external_data
+from edgevlm.runtime import attention_kernel
 from edgevlm.runtime.packed_weights import unpacked_graph
+from edgevlm.runtime.vision_split import SplitVision, check_split_spec
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ class RuntimeOptions:
     spinning: bool = True  # spin-wait between ops: lower latency, busier cores
     optimization: str = "all"  # "all" | "extended" | "basic" | "disabled"
     model_format: str = "onnx"  # "onnx" | "ort": the bundle's ORT-format graphs (edgevlm export --format ort)
+    # "auto": a split vision graph's attention on our bf16 kernel where this CPU has it, else the
+    # whole graph on ONNX Runtime; "bf16": the kernel or an error; "fp32": always ONNX Runtime
+    vision_attention: str = "auto"
+
+
+VISION_ATTENTION = ("auto", "bf16", "fp32")
 
 
 _LEVELS = {
@@ -80,6 +88,10 @@ def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.Inferen
             so.add_session_config_entry("session.load_model_format", "ORT")
         path = bundle.graph_path(name, opts.model_format)
         packed = bundle.manifest["graphs"][name].get("packed_weights") if opts.model_format == "onnx" else None
+        split = _split_entry(bundle, name, opts)
+        if split is not None:
+            sessions[name] = _split_session(bundle, path, split, packed, so, opts)
+            continue
         if packed is not None:
             sessions[name] = _packed_session(bundle, path, packed, so)
             continue
@@ -90,6 +102,53 @@ def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.Inferen
             _check_listed(bundle, path)
         sessions[name] = _session(path, so, bundle.path)
     return sessions
+
+
+def _split_entry(bundle: Bundle, graph: str, opts: RuntimeOptions):
+    """The graph's split entry when its attention is to run on the bf16 kernel, else None."""
+    if opts.vision_attention not in VISION_ATTENTION:
+        raise ConfigError(f"vision attention must be one of {', '.join(VISION_ATTENTION)}, "
+                          f"got {opts.vision_attention!r}")
+    if graph != "vision_encoder" or opts.vision_attention == "fp32":
+        return None
+    split = bundle.manifest["graphs"][graph].get("split")
+    if split is None or opts.model_format != "onnx":
+        if opts.vision_attention == "bf16":
+            raise ConfigError("--vision-attention bf16 needs a bundle whose vision graph is cut for the "
+                              "kernel (edgevlm export --attention fused --quant int8|int4|mixed), as .onnx")
+        return None
+    ok, why = attention_kernel.available()
+    if not ok:
+        if opts.vision_attention == "bf16":
+            raise ConfigError(f"--vision-attention bf16 is not available here: {why}")
+        return None
+    return split
+
+
+def _split_session(bundle: Bundle, path: Path, spec, packed, so: ort.SessionOptions, opts: RuntimeOptions):
+    """The vision graph as its parts with our attention kernel between them (vision_split.py)."""
+    listed = set(bundle.manifest["files"])
+    parts, attention = check_split_spec(spec, path.name, listed)
+    threads = opts.threads or default_threads()
+
+    def attend(q, k, v, heads, scale):
+        return attention_kernel.attention_bf16(q, k, v, heads, scale, threads)
+
+    if packed is None:
+        sessions = []
+        for part in parts:
+            part_path = bundle.file(part)
+            check_external_data(part_path, bundle.path, allowed=listed)
+            sessions.append(_session(part_path, so, bundle.path))
+        return SplitVision(sessions, attention, attend)
+    _check_packed(bundle, path, packed)
+    shared = [f for f in (path.name + ".data",) if f in listed]  # the weights parts and graph share
+    with unpacked_graph(bundle.path, path.name, packed, also=parts + shared) as copy:
+        sessions = []
+        for part in parts:
+            check_external_data(copy.parent / part, copy.parent, allowed={packed["expands_to"], *shared})
+            sessions.append(_session(copy.parent / part, so, copy.parent))
+        return SplitVision(sessions, attention, attend)
 
 
 def _check_listed(bundle: Bundle, path: Path) -> None:
@@ -112,15 +171,20 @@ def _session(path: Path, so: ort.SessionOptions, shown_dir: Path) -> ort.Inferen
 def _packed_session(bundle: Bundle, path: Path, spec, so: ort.SessionOptions) -> ort.InferenceSession:
     """A graph whose int8 weights ship at 4 bit (edgevlm.runtime.packed_weights): unpacked into a
     temporary directory; the graph may read only the expanded file there."""
+    _check_packed(bundle, path, spec)
+    shared = [f for f in (path.name + ".data",) if f in bundle.manifest["files"]]
+    with unpacked_graph(bundle.path, path.name, spec, also=shared) as copy:
+        check_external_data(copy, copy.parent, allowed={spec["expands_to"], *shared})
+        return _session(copy, so, copy.parent)
+
+
+def _check_packed(bundle: Bundle, path: Path, spec) -> None:
     if (not isinstance(spec, dict) or not isinstance(spec.get("file"), str)
             or spec["file"] not in bundle.manifest["files"]):
         raise BundleError(f"{path.name}: its packed weights are not a checksummed file of the bundle")
     if path.parent != bundle.path:  # the copy keeps the graph's own name, beside its expanded file
         raise BundleError(f"{path.name}: a graph with packed weights must be at the bundle's top level")
     _check_listed(bundle, path)
-    with unpacked_graph(bundle.path, path.name, spec) as copy:
-        check_external_data(copy, copy.parent, allowed={spec["expands_to"]})
-        return _session(copy, so, copy.parent)
 
 
 # Every exception type onnxruntime raises (Fail, InvalidArgument, RuntimeException, ...; all plain Exceptions),

@@ -1,0 +1,84 @@
+"""Our bf16 attention kernel (kernels/csrc/attention_bf16.c), loaded with ctypes, and its fp32
+reference.
+
+The vision tower's attention is unmasked softmax(q k^T * scale) v over N tokens and H heads of 64.
+ONNX Runtime's CPU MultiHeadAttention runs it in fp32; the kernel runs the two products in
+bfloat16 with fp32 accumulation (AVX-512 BF16) and the softmax in fp32. Measured at SigLIP's
+shape (1024 tokens, 12 heads, 2 threads): 9.3 -> 5.5 ms a layer; relative RMS error to fp32 0.5%.
+
+The library is built by setup.py as an optional extension: where it is missing (no compiler at
+install time) or the CPU lacks AVX-512 BF16, `available()` says why and callers use ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+from pathlib import Path
+
+import numpy as np
+
+HEAD_DIM = 64
+_NAME = "_attention_bf16"
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    here = Path(__file__).parent
+    found = [here / (_NAME + s) for s in importlib.machinery.EXTENSION_SUFFIXES if (here / (_NAME + s)).is_file()]
+    if not found:
+        return None, "the bf16 attention library was not built (no C compiler when edgevlm was installed)"
+    try:
+        lib = ctypes.CDLL(str(found[0]))
+    except OSError as exc:
+        return None, f"the bf16 attention library does not load ({str(exc)[:120]})"
+    f32 = ctypes.POINTER(ctypes.c_float)
+    lib.edgevlm_attention_bf16.argtypes = [f32, f32, f32, f32] + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int]
+    lib.edgevlm_attention_bf16.restype = ctypes.c_int
+    lib.edgevlm_attention_bf16_supported.restype = ctypes.c_int
+    if not lib.edgevlm_attention_bf16_supported():
+        return None, "this CPU lacks AVX-512 BF16"
+    return lib, "ok"
+
+
+def available() -> tuple[bool, str]:
+    """(whether the kernel runs here, why not)."""
+    lib, why = _load()
+    return lib is not None, why
+
+
+def attention_bf16(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, scale: float,
+                   threads: int) -> np.ndarray:
+    """q, k, v float32 [B, N, H*64] -> [B, N, H*64]. Raises RuntimeError where the kernel
+    cannot run (check `available()` first)."""
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(why)
+    q, k, v = (np.ascontiguousarray(x, dtype=np.float32) for x in (q, k, v))
+    if q.ndim != 3 or k.shape != q.shape or v.shape != q.shape or q.shape[2] != num_heads * HEAD_DIM:
+        raise ValueError(f"attention inputs must be [B, N, {num_heads}*{HEAD_DIM}] alike, got "
+                         f"{q.shape}, {k.shape}, {v.shape}")
+    out = np.empty_like(q)
+    ptr = ctypes.POINTER(ctypes.c_float)
+    rc = lib.edgevlm_attention_bf16(q.ctypes.data_as(ptr), k.ctypes.data_as(ptr), v.ctypes.data_as(ptr),
+                                    out.ctypes.data_as(ptr), q.shape[0], q.shape[1], num_heads, HEAD_DIM,
+                                    float(scale), int(threads))
+    if rc != 0:
+        raise RuntimeError(f"bf16 attention failed on shape {q.shape} (out of memory or unsupported size)")
+    return out
+
+
+def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, scale: float) -> np.ndarray:
+    """The same attention in float64 numpy, heads split: the kernel's oracle."""
+    b, n, width = q.shape
+    hd = width // num_heads
+
+    def heads(x):  # [B, N, H*hd] -> [B, H, N, hd]
+        return x.astype(np.float64).reshape(b, n, num_heads, hd).transpose(0, 2, 1, 3)
+
+    s = heads(q) @ heads(k).transpose(0, 1, 3, 2) * scale  # [B, H, N, N]
+    s -= s.max(-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(-1, keepdims=True)
+    return (p @ heads(v)).transpose(0, 2, 1, 3).reshape(b, n, width).astype(np.float32)

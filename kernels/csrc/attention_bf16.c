@@ -1,0 +1,226 @@
+/* Unmasked multi-head attention in bfloat16 with fp32 accumulation (AVX-512 BF16).
+ *
+ * Why: the vision tower's attention is ~40% of a tile on CPU and ONNX Runtime runs it in fp32.
+ * vdpbf16ps does two multiply-adds per fp32 lane, so the two score/value products run at up to
+ * twice the fp32 rate. Softmax runs online (flash style) in fp32, one 64-key block at a time.
+ *
+ * Layouts (batch 1, N tokens, H heads of D = 64):
+ *   q, k, v, out   fp32 [N, H*D]          (the projections' natural layout, heads not split)
+ *   per head, packed once per call:
+ *     qb  bf16 [Np, D]                    q * scale * log2(e), rows padded to a multiple of 4
+ *     kp  bf16 [Nk/16][D/2][16][2]        16 keys per group; each 32-bit word = a pair (d, d+1)
+ *     vp  bf16 [Nk/2][D][2]               each 32-bit word = a pair of keys (j, j+1) for one d
+ *   Nk = N rounded up to 64; padded keys get a score of -inf.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define D 64
+#define KB 64 /* keys per softmax block */
+#define RB 4  /* query rows per micro tile */
+
+typedef uint16_t bf16;
+
+/* Only the kernel is compiled for AVX-512: the entry point must run (and refuse) on any x86-64. */
+#define KERNEL __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+
+static inline KERNEL bf16 to_bf16(float x) { /* round to nearest even */
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7FFF + ((u >> 16) & 1);
+    return (bf16)(u >> 16);
+}
+
+/* 2^x for x <= 0 (x = -inf gives 0): x = n + f, f in [0, 1), 2^f by a degree-5 polynomial. */
+static inline KERNEL __m512 exp2_neg(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.8775767e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.9893397e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826318e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315308e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9999994e-1f));
+    return _mm512_scalef_ps(p, n);
+}
+
+typedef struct {
+    const float *q, *k, *v;
+    float *out;
+    int n, heads, w0, w1; /* work items w0..w1-1; item w = (batch w / heads, head w % heads) */
+    float scale;
+    int failed; /* set when the work buffers cannot be allocated */
+} job_t;
+
+static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk, bf16 *qb, uint32_t *kp,
+                             uint32_t *vp) {
+    const int n = j->n, ld = j->heads * D;
+    const float qs = j->scale * 1.4426950408889634f; /* fold log2(e): softmax via exp2 */
+    memset(qb, 0, sizeof(bf16) * (size_t)np * D);
+    memset(kp, 0, sizeof(uint32_t) * (size_t)nk * D / 2);
+    memset(vp, 0, sizeof(uint32_t) * (size_t)nk * D / 2);
+    for (int i = 0; i < n; i++) {
+        const float *src = j->q + base + (size_t)i * ld + h * D;
+        for (int d = 0; d < D; d++) qb[(size_t)i * D + d] = to_bf16(src[d] * qs);
+    }
+    for (int t = 0; t < n; t++) {
+        const float *src = j->k + base + (size_t)t * ld + h * D;
+        uint32_t *dst = kp + (size_t)(t / 16) * (D / 2) * 16 + (t % 16);
+        for (int dp = 0; dp < D / 2; dp++)
+            dst[dp * 16] = (uint32_t)to_bf16(src[2 * dp]) | ((uint32_t)to_bf16(src[2 * dp + 1]) << 16);
+    }
+    for (int t = 0; t + 1 < n + 1; t += 2) {
+        const float *a = j->v + base + (size_t)t * ld + h * D;
+        const float *b = t + 1 < n ? j->v + base + (size_t)(t + 1) * ld + h * D : NULL;
+        uint32_t *dst = vp + (size_t)(t / 2) * D;
+        for (int d = 0; d < D; d++)
+            dst[d] = (uint32_t)to_bf16(a[d]) | (b ? ((uint32_t)to_bf16(b[d]) << 16) : 0u);
+    }
+}
+
+/* RB query rows of one head against all keys. */
+static KERNEL void rows_tile(const bf16 *qb, const uint32_t *kp, const uint32_t *vp, int n, int nk,
+                      float *o /* [RB][D] */) {
+    __m512 acc_o[RB][4];
+    float m[RB], l[RB];
+    for (int r = 0; r < RB; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        for (int c = 0; c < 4; c++) acc_o[r][c] = _mm512_setzero_ps();
+    }
+    const uint32_t *qw = (const uint32_t *)qb; /* [RB][D/2] pairs */
+    uint32_t pbuf[RB][KB / 2] __attribute__((aligned(64)));
+    for (int k0 = 0; k0 < nk; k0 += KB) {
+        __m512 s[RB][4];
+        for (int r = 0; r < RB; r++)
+            for (int c = 0; c < 4; c++) s[r][c] = _mm512_setzero_ps();
+        const uint32_t *kg = kp + (size_t)(k0 / 16) * (D / 2) * 16;
+        for (int dp = 0; dp < D / 2; dp++) {
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(kg + dp * 16);
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(kg + (D / 2) * 16 + dp * 16);
+            __m512bh b2 = (__m512bh)_mm512_loadu_si512(kg + 2 * (D / 2) * 16 + dp * 16);
+            __m512bh b3 = (__m512bh)_mm512_loadu_si512(kg + 3 * (D / 2) * 16 + dp * 16);
+            for (int r = 0; r < RB; r++) {
+                __m512bh a = (__m512bh)_mm512_set1_epi32((int)qw[r * (D / 2) + dp]);
+                s[r][0] = _mm512_dpbf16_ps(s[r][0], a, b0);
+                s[r][1] = _mm512_dpbf16_ps(s[r][1], a, b1);
+                s[r][2] = _mm512_dpbf16_ps(s[r][2], a, b2);
+                s[r][3] = _mm512_dpbf16_ps(s[r][3], a, b3);
+            }
+        }
+        if (k0 + KB > n) { /* mask the padded keys */
+            for (int c = 0; c < 4; c++) {
+                int first = k0 + 16 * c;
+                int valid = n - first;
+                __mmask16 keep = valid >= 16 ? 0xFFFF : (valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1));
+                for (int r = 0; r < RB; r++)
+                    s[r][c] = _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), s[r][c]);
+            }
+        }
+        for (int r = 0; r < RB; r++) {
+            __m512 mx = _mm512_max_ps(_mm512_max_ps(s[r][0], s[r][1]), _mm512_max_ps(s[r][2], s[r][3]));
+            float bm = _mm512_reduce_max_ps(mx);
+            float mn = bm > m[r] ? bm : m[r];
+            float alpha = exp2f(m[r] - mn);
+            m[r] = mn;
+            __m512 vm = _mm512_set1_ps(mn);
+            __m512 p0 = exp2_neg(_mm512_sub_ps(s[r][0], vm));
+            __m512 p1 = exp2_neg(_mm512_sub_ps(s[r][1], vm));
+            __m512 p2 = exp2_neg(_mm512_sub_ps(s[r][2], vm));
+            __m512 p3 = exp2_neg(_mm512_sub_ps(s[r][3], vm));
+            l[r] = l[r] * alpha + _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)));
+            _mm512_store_si512(pbuf[r], (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+            _mm512_store_si512(pbuf[r] + 16, (__m512i)_mm512_cvtne2ps_pbh(p3, p2));
+            __m512 va = _mm512_set1_ps(alpha);
+            for (int c = 0; c < 4; c++) acc_o[r][c] = _mm512_mul_ps(acc_o[r][c], va);
+        }
+        const uint32_t *vb = vp + (size_t)(k0 / 2) * D;
+        for (int jp = 0; jp < KB / 2; jp++) {
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(vb + jp * D);
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(vb + jp * D + 16);
+            __m512bh b2 = (__m512bh)_mm512_loadu_si512(vb + jp * D + 32);
+            __m512bh b3 = (__m512bh)_mm512_loadu_si512(vb + jp * D + 48);
+            for (int r = 0; r < RB; r++) {
+                __m512bh a = (__m512bh)_mm512_set1_epi32((int)pbuf[r][jp]);
+                acc_o[r][0] = _mm512_dpbf16_ps(acc_o[r][0], a, b0);
+                acc_o[r][1] = _mm512_dpbf16_ps(acc_o[r][1], a, b1);
+                acc_o[r][2] = _mm512_dpbf16_ps(acc_o[r][2], a, b2);
+                acc_o[r][3] = _mm512_dpbf16_ps(acc_o[r][3], a, b3);
+            }
+        }
+    }
+    for (int r = 0; r < RB; r++) {
+        __m512 inv = _mm512_set1_ps(1.0f / l[r]);
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(o + r * D + 16 * c, _mm512_mul_ps(acc_o[r][c], inv));
+    }
+}
+
+static KERNEL void *run_heads(void *arg) {
+    job_t *j = (job_t *)arg;
+    const int n = j->n, ld = j->heads * D;
+    const int np = (n + RB - 1) / RB * RB, nk = (n + KB - 1) / KB * KB;
+    bf16 *qb = aligned_alloc(64, sizeof(bf16) * (size_t)np * D);
+    uint32_t *kp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nk * D / 2);
+    uint32_t *vp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nk * D / 2);
+    float o[RB * D] __attribute__((aligned(64)));
+    if (!qb || !kp || !vp) {
+        j->failed = 1;
+        free(qb), free(kp), free(vp);
+        return NULL;
+    }
+    for (int w = j->w0; w < j->w1; w++) {
+        const int h = w % j->heads;
+        const size_t base = (size_t)(w / j->heads) * n * ld; /* batch offset into [B, N, H*D] */
+        pack_head(j, base, h, np, nk, qb, kp, vp);
+        for (int i0 = 0; i0 < n; i0 += RB) {
+            rows_tile(qb + (size_t)i0 * D, kp, vp, n, nk, o);
+            for (int r = 0; r < RB && i0 + r < n; r++)
+                memcpy(j->out + base + (size_t)(i0 + r) * ld + h * D, o + r * D, sizeof(float) * D);
+        }
+    }
+    free(qb);
+    free(kp);
+    free(vp);
+    return NULL;
+}
+
+/* 1 when this CPU runs the kernel (AVX-512 F/BW/VL/DQ and BF16). */
+int edgevlm_attention_bf16_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bf16");
+}
+
+/* q, k, v, out: fp32 [batch, n, heads * 64], row-major. Returns 0 on success, -1 when the head
+ * size is not 64, a size is out of range, a buffer cannot be had, or the CPU lacks the ISA. */
+int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float *out, int batch,
+                           int n, int heads, int head_dim, float scale, int threads) {
+    if (head_dim != D || n <= 0 || heads <= 0 || batch <= 0 || n > (1 << 20)) return -1;
+    if (!edgevlm_attention_bf16_supported()) return -1;
+    const int items = batch * heads;
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    if (threads > items) threads = items;
+    job_t jobs[64];
+    pthread_t tid[64];
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (job_t){q, k, v, out, n, heads, (int)((long)items * t / threads),
+                          (int)((long)items * (t + 1) / threads), scale, 0};
+    char started[64] = {0};
+    for (int t = 1; t < threads; t++) /* a thread that cannot start: its share runs here */
+        started[t] = pthread_create(&tid[t], NULL, run_heads, &jobs[t]) == 0;
+    run_heads(&jobs[0]);
+    int failed = jobs[0].failed;
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else run_heads(&jobs[t]);
+        failed |= jobs[t].failed;
+    }
+    return failed ? -1 : 0;
+}
