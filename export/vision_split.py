@@ -128,7 +128,7 @@ def ort_attention(threads: int = 0):
     dynamic int8 quantization after attention, any other fp32 attention can move a rounding)."""
     sessions = {}
 
-    def attend(q, k, v, num_heads, scale):
+    def attend(q, k, v, num_heads, scale, q_free=False):
         key = (num_heads, scale)
         if key not in sessions:
             io = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["B", "N", "W"]) for x in "qkvo"]
@@ -173,7 +173,7 @@ def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0) -> di
     ok, why = available()
     if ok:
         (fast,) = SplitVision(parts, spec["attention"],
-                              lambda q, k, v, h, s: attention_bf16(q, k, v, h, s, threads or 1)).run(
+                              lambda q, k, v, h, s, free: attention_bf16(q, k, v, h, s, threads or 1)).run(
             None, {"pixel_values": pixels})
         entry["bf16_attention_rel_rms"] = rel_rms(fast)
     else:

@@ -23,6 +23,10 @@ HEAD_DIM = 64
 _NAME = "_attention_bf16"
 
 
+class AttentionError(ValueError):
+    """The kernel was handed tensors it cannot run (a corrupt split graph) or could not run them."""
+
+
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[ctypes.CDLL | None, str]:
     here = Path(__file__).parent
@@ -49,24 +53,32 @@ def available() -> tuple[bool, str]:
 
 
 def attention_bf16(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, scale: float,
-                   threads: int) -> np.ndarray:
-    """q, k, v float32 [B, N, H*64] -> [B, N, H*64]. Raises RuntimeError where the kernel
-    cannot run (check `available()` first)."""
+                   threads: int, into_q: bool = False) -> np.ndarray:
+    """q, k, v float32 [B, N, H*64] -> [B, N, H*64]. Raises AttentionError where the kernel
+    cannot run (check `available()` first). into_q: write the result over q (a contiguous
+    float32 array the caller no longer needs): each head's q is packed before its output is written."""
+    q, k, v = (np.ascontiguousarray(x, dtype=np.float32) for x in (q, k, v))
+    _check_shapes(q.shape, k.shape, v.shape, num_heads)
+    out = q if into_q and q.flags.writeable else np.empty_like(q)
+    _run(q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, q.shape, num_heads, scale, threads)
+    return out
+
+
+def _check_shapes(qs, ks, vs, num_heads: int) -> None:
+    if len(qs) != 3 or ks != qs or vs != qs or qs[2] != num_heads * HEAD_DIM:
+        raise AttentionError(f"attention inputs must be [B, N, {num_heads}*{HEAD_DIM}] alike, got {qs}, {ks}, {vs}")
+
+
+def _run(q: int, k: int, v: int, out: int, shape, num_heads: int, scale: float, threads: int) -> None:
+    """Pointers to float32 [B, N, H*64] buffers whose shapes the caller has checked."""
     lib, why = _load()
     if lib is None:
         raise RuntimeError(why)
-    q, k, v = (np.ascontiguousarray(x, dtype=np.float32) for x in (q, k, v))
-    if q.ndim != 3 or k.shape != q.shape or v.shape != q.shape or q.shape[2] != num_heads * HEAD_DIM:
-        raise ValueError(f"attention inputs must be [B, N, {num_heads}*{HEAD_DIM}] alike, got "
-                         f"{q.shape}, {k.shape}, {v.shape}")
-    out = np.empty_like(q)
     ptr = ctypes.POINTER(ctypes.c_float)
-    rc = lib.edgevlm_attention_bf16(q.ctypes.data_as(ptr), k.ctypes.data_as(ptr), v.ctypes.data_as(ptr),
-                                    out.ctypes.data_as(ptr), q.shape[0], q.shape[1], num_heads, HEAD_DIM,
-                                    float(scale), int(threads))
+    rc = lib.edgevlm_attention_bf16(*(ctypes.cast(a, ptr) for a in (q, k, v, out)), shape[0], shape[1],
+                                    num_heads, HEAD_DIM, float(scale), int(threads))
     if rc != 0:
-        raise RuntimeError(f"bf16 attention failed on shape {q.shape} (out of memory or unsupported size)")
-    return out
+        raise AttentionError(f"bf16 attention failed on shape {tuple(shape)} (out of memory or unsupported size)")
 
 
 def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, scale: float) -> np.ndarray:

@@ -1,0 +1,174 @@
+"""A quantized vision graph cut at its attention nodes (export/vision_split.py) and run with the
+bf16 kernel between the parts (edgevlm/runtime/vision_split.py)."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import edgevlm
+from edgevlm.cli import main
+from edgevlm.errors import BundleError, ConfigError
+from edgevlm.export.vision_split import ort_attention
+from edgevlm.runtime.vision_split import SplitVision
+from tests.conftest import tiny_scene_setup
+from tests.test_attention_kernel import needs_kernel
+from tests.test_golden import SAMPLES
+
+
+def _head64_setup():
+    """The tiny scene model with vision heads of 64 (the kernel's size) and 64 patches a tile."""
+    import torch
+
+    from edgevlm.config import VisionConfig
+    from edgevlm.models.vlm import VLM
+    from edgevlm.prompt import PromptConfig
+
+    _, tokenizer, pre, _, gen, special = tiny_scene_setup()
+    base = tiny_scene_setup()[0].cfg
+    cfg = base.replace(vision=VisionConfig(image_size=32, patch_size=4, hidden_size=128, num_layers=2, num_heads=2,
+                                           intermediate_size=256),
+                       text=base.text.replace(hidden_size=64, num_heads=4, num_kv_heads=2))
+    torch.manual_seed(0)
+    model = VLM(cfg).eval()
+    return model, tokenizer, pre, PromptConfig(image_seq_len=cfg.image_seq_len), gen, special
+
+
+@pytest.fixture(scope="module")
+def split_bundles(tmp_path_factory):
+    """int8 with every weight in data files; int4 (4-bit vision store) with default data files;
+    fp32, which is never cut."""
+    from edgevlm.export.to_onnx import export_bundle
+
+    model, tokenizer, pre, prompt, gen, special = _head64_setup()
+    out = {}
+    for quant, min_bytes in (("int8", 0), ("int4", 16 << 20), ("fp32", 0)):
+        out[quant] = tmp_path_factory.mktemp("split") / quant
+        export_bundle(model, tokenizer, out[quant], preprocess=pre.to_dict(), prompt=prompt.to_dict(),
+                      special_tokens=special, generation=gen.to_dict(), progress=False, attention="fused",
+                      quant=quant, external_min_bytes=min_bytes)
+    return out
+
+
+def _manifest(path):
+    return json.loads((path / "edgevlm.json").read_text())
+
+
+def _pixels(n=2):
+    return np.random.default_rng(3).uniform(-1, 1, (n, 3, 32, 32)).astype(np.float32)
+
+
+def test_export_cuts_quantized_fused_vision_graphs(split_bundles):
+    for quant in ("int8", "int4"):
+        m = _manifest(split_bundles[quant])
+        split = m["graphs"]["vision_encoder"]["split"]
+        assert len(split["parts"]) == 3 and len(split["attention"]) == 2  # two layers
+        assert all(p in m["files"] for p in split["parts"])
+        assert all(a["num_heads"] == 2 and a["scale"] == pytest.approx(0.125) for a in split["attention"])
+        check = m["validation"]["vision_encoder"]["split"]
+        assert check["cut_rel_rms"] <= check["tolerance"]
+        # no part holds a weight of its own: every large tensor points into the graph's data files
+        for part in split["parts"]:
+            model = onnx.load(str(split_bundles[quant] / part), load_external_data=False)
+            assert all(len(t.raw_data) < 1024 for t in model.graph.initializer)
+    assert "split" not in _manifest(split_bundles["fp32"])["graphs"]["vision_encoder"]
+
+
+def test_parts_with_onnxruntime_attention_equal_the_whole_graph(split_bundles):
+    """The cut alone: parts + ONNX Runtime's own MultiHeadAttention between them."""
+    import onnxruntime as ort
+
+    path = split_bundles["int8"]
+    split = _manifest(path)["graphs"]["vision_encoder"]["split"]
+    parts = [ort.InferenceSession(str(path / p), providers=["CPUExecutionProvider"]) for p in split["parts"]]
+    whole = ort.InferenceSession(str(path / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
+    pixels = _pixels()
+    (want,) = whole.run(None, {"pixel_values": pixels})
+    (got,) = SplitVision(parts, split["attention"], ort_attention()).run(None, {"pixel_values": pixels})
+    assert np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()) < 1e-3
+
+
+@needs_kernel
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_kernel_path_is_chosen_and_agrees_with_onnxruntime(split_bundles, quant):
+    fast = edgevlm.load(split_bundles[quant], threads=2)
+    slow = edgevlm.load(split_bundles[quant], threads=2, vision_attention="fp32")
+    assert fast.vision_attention == "bf16 kernel (edgevlm)" and slow.vision_attention == "onnxruntime"
+    got, want = fast.encode_tiles(_pixels(3)), slow.encode_tiles(_pixels(3))
+    assert got.shape == want.shape == (3, 16, 64)
+    assert np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()) < 0.02  # bf16 q/k/v and probabilities
+    image = str(SAMPLES[0])  # the whole caption path runs on both
+    assert fast.run(image).prompt_tokens == slow.run(image).prompt_tokens
+
+
+def test_fp32_bundle_and_fp32_option_use_onnxruntime(split_bundles):
+    assert edgevlm.load(split_bundles["fp32"], threads=1).vision_attention == "onnxruntime"
+    with pytest.raises(ConfigError, match="needs a bundle whose vision graph is cut"):
+        edgevlm.load(split_bundles["fp32"], threads=1, vision_attention="bf16")
+    with pytest.raises(ConfigError, match="vision attention must be one of"):
+        edgevlm.load(split_bundles["int8"], threads=1, vision_attention="fast")
+
+
+def test_unavailable_kernel_falls_back_or_says_why(split_bundles, monkeypatch):
+    from edgevlm.runtime import attention_kernel
+
+    monkeypatch.setattr(attention_kernel, "available", lambda: (False, "this CPU lacks AVX-512 BF16"))
+    vlm = edgevlm.load(split_bundles["int4"], threads=1)
+    assert vlm.vision_attention == "onnxruntime" and vlm.encode_tiles(_pixels(1)).shape == (1, 16, 64)
+    with pytest.raises(ConfigError, match="not available here: this CPU lacks AVX-512 BF16"):
+        edgevlm.load(split_bundles["int4"], threads=1, vision_attention="bf16")
+
+
+def _with_split(bundle, tmp_path, change):
+    path = tmp_path / "b"
+    shutil.copytree(bundle, path)
+    manifest = _manifest(path)
+    change(manifest["graphs"]["vision_encoder"]["split"], manifest)
+    (path / "edgevlm.json").write_text(json.dumps(manifest))
+    return path
+
+
+def _swap_inputs(split, manifest):  # attention 1 reads the q of part 0
+    split["attention"][1]["q"] = split["attention"][0]["q"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("change,message", [
+    (lambda s, m: s["parts"].pop(), "malformed"),
+    (lambda s, m: s.update(attention="x"), "malformed"),
+    (lambda s, m: s["attention"][0].update(num_heads=0), "malformed"),
+    (lambda s, m: s["attention"][0].update(num_heads=True), "malformed"),
+    (lambda s, m: s["attention"][0].update(scale=float("nan")), "malformed"),
+    (lambda s, m: s["attention"][0].pop("k"), "malformed"),
+    (lambda s, m: m["files"].pop(s["parts"][1]), "not a checksummed file"),
+    (lambda s, m: s["parts"].__setitem__(0, "../vision_encoder.part00.onnx"), "not a checksummed file"),
+    (_swap_inputs, "does not produce"),
+])
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_malformed_split_entries_are_refused_in_one_line(split_bundles, tmp_path, change, message, quant):
+    path = _with_split(split_bundles[quant], tmp_path, change)
+    with pytest.raises(BundleError, match=message) as info:
+        edgevlm.load(path, threads=1)
+    assert "\n" not in str(info.value)
+
+
+@needs_kernel
+def test_split_packed_bundle_leaves_no_temporary_files(split_bundles, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    vlm = edgevlm.load(split_bundles["int4"], threads=1)
+    assert vlm.vision_attention == "bf16 kernel (edgevlm)"
+    vlm.encode_tiles(_pixels(1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_vision_attention_errors_are_one_line(split_bundles):
+    result = CliRunner().invoke(main, ["caption", "--model", str(split_bundles["fp32"]),
+                                       "--vision-attention", "bf16", "x.png"])
+    assert result.exit_code != 0
+    assert "needs a bundle whose vision graph is cut" in result.output and "Traceback" not in result.output
