@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from edgevlm.errors import EdgeVLMError
 
 MHA = ("com.microsoft", "MultiHeadAttention")
-HEAD_DIM = 64  # the kernel's head size
+HEAD_DIMS = (32, 64)  # the kernel's head sizes
 CUT_TOLERANCE = 1e-3  # relative RMS, parts (ONNX Runtime attention between them) against the whole graph
 
 
@@ -45,10 +45,10 @@ def _attention_spec(node: onnx.NodeProto, width: int | None) -> dict:
 
 
 def splittable(model: onnx.ModelProto, width: int) -> bool:
-    """Does the graph have attention nodes the kernel runs (heads of 64)?"""
+    """Does the graph have attention nodes the kernel runs (heads of 32 or 64)?"""
     nodes = [n for n in model.graph.node if (n.domain, n.op_type) == MHA]
-    return bool(nodes) and all(width % _attention_spec(n, width)["num_heads"] == 0
-                               and width // _attention_spec(n, width)["num_heads"] == HEAD_DIM for n in nodes)
+    heads = [_attention_spec(n, width)["num_heads"] for n in nodes]
+    return bool(nodes) and all(width % h == 0 and width // h in HEAD_DIMS for h in heads)
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:

@@ -19,11 +19,11 @@ def cpu_has_bf16() -> bool:
 needs_kernel = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU lacks AVX-512 BF16")
 
 
-def _qkv(b, n, heads, seed=0, q_scale=1.5):
+def _qkv(b, n, heads, seed=0, q_scale=1.5, hd=64):
     rng = np.random.default_rng(seed)
-    q = rng.standard_normal((b, n, heads * 64)).astype(np.float32) * q_scale
-    k = rng.standard_normal((b, n, heads * 64)).astype(np.float32) * 1.5
-    v = rng.standard_normal((b, n, heads * 64)).astype(np.float32)
+    q = rng.standard_normal((b, n, heads * hd)).astype(np.float32) * q_scale
+    k = rng.standard_normal((b, n, heads * hd)).astype(np.float32) * 1.5
+    v = rng.standard_normal((b, n, heads * hd)).astype(np.float32)
     return q, k, v
 
 
@@ -37,17 +37,19 @@ def test_kernel_is_built_and_runs_here():
 
 
 @needs_kernel
-@pytest.mark.parametrize("b,n,heads,threads", [
-    (1, 1024, 12, 2),  # SigLIP's shape at 512 px
-    (2, 37, 3, 2),  # rows not a multiple of 4, keys not a multiple of 64: padding and masking
-    (3, 1, 1, 1),  # one token: softmax of one score
-    (1, 65, 2, 3),  # one key past a block
-    (2, 200, 4, 8),  # more threads than work items
+@pytest.mark.parametrize("b,n,heads,threads,hd", [
+    (1, 1024, 12, 2, 64),  # SigLIP's shape at 512 px
+    (2, 37, 3, 2, 64),  # rows not a multiple of 4, keys not a multiple of 64: padding and masking
+    (3, 1, 1, 1, 64),  # one token: softmax of one score
+    (1, 65, 2, 3, 64),  # one key past a block
+    (2, 200, 4, 8, 64),  # more threads than work items
+    (1, 144, 4, 2, 32),  # the default model's shape (heads of 32)
+    (2, 33, 1, 1, 32),
 ])
-def test_kernel_matches_float64_attention(b, n, heads, threads):
-    q, k, v = _qkv(b, n, heads)
-    got = attention_bf16(q, k, v, heads, 0.125, threads)
-    want = attention_reference(q, k, v, heads, 0.125)
+def test_kernel_matches_float64_attention(b, n, heads, threads, hd):
+    q, k, v = _qkv(b, n, heads, hd=hd)
+    got = attention_bf16(q, k, v, heads, hd ** -0.5, threads)
+    want = attention_reference(q, k, v, heads, hd ** -0.5)
     # bf16 rounding of q, k, v and the probabilities (8-bit mantissa): ~0.5% relative RMS
     assert _rel_rms(got, want) < 0.01
     assert np.abs(got - want).max() < 0.05
@@ -71,7 +73,7 @@ def test_kernel_refuses_bad_shapes():
     with pytest.raises(AttentionError, match="attention inputs"):
         attention_bf16(q, k[:, :4], v, 2, 0.125, 1)
     with pytest.raises(AttentionError, match="attention inputs"):
-        attention_bf16(q, k, v, 4, 0.125, 1)  # heads of 32: not the kernel's size
+        attention_bf16(q, k, v, 8, 0.125, 1)  # heads of 16: not a size the kernel has
 
 
 def test_reference_is_softmax_attention():

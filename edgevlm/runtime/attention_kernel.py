@@ -1,7 +1,8 @@
 """Our bf16 attention kernel (kernels/csrc/attention_bf16.c), loaded with ctypes, and its fp32
 reference.
 
-The vision tower's attention is unmasked softmax(q k^T * scale) v over N tokens and H heads of 64.
+The vision tower's attention is unmasked softmax(q k^T * scale) v over N tokens and H heads of 32
+or 64.
 ONNX Runtime's CPU MultiHeadAttention runs it in fp32; the kernel runs the two products in
 bfloat16 with fp32 accumulation (AVX-512 BF16) and the softmax in fp32. Measured at SigLIP's
 shape (1024 tokens, 12 heads, 2 threads): 9.3 -> 5.5 ms a layer; relative RMS error to fp32 0.5%.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEAD_DIM = 64
+HEAD_DIMS = (32, 64)  # the head sizes the kernel is built for
 _NAME = "_attention_bf16"
 
 
@@ -54,7 +55,7 @@ def available() -> tuple[bool, str]:
 
 def attention_bf16(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, scale: float,
                    threads: int, into_q: bool = False) -> np.ndarray:
-    """q, k, v float32 [B, N, H*64] -> [B, N, H*64]. Raises AttentionError where the kernel
+    """q, k, v float32 [B, N, H*hd] -> [B, N, H*hd], hd in HEAD_DIMS. Raises AttentionError where the kernel
     cannot run (check `available()` first). into_q: write the result over q (a contiguous
     float32 array the caller no longer needs): each head's q is packed before its output is written."""
     q, k, v = (np.ascontiguousarray(x, dtype=np.float32) for x in (q, k, v))
@@ -65,18 +66,20 @@ def attention_bf16(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, 
 
 
 def _check_shapes(qs, ks, vs, num_heads: int) -> None:
-    if len(qs) != 3 or ks != qs or vs != qs or qs[2] != num_heads * HEAD_DIM:
-        raise AttentionError(f"attention inputs must be [B, N, {num_heads}*{HEAD_DIM}] alike, got {qs}, {ks}, {vs}")
+    if (len(qs) != 3 or ks != qs or vs != qs or num_heads <= 0 or qs[2] % num_heads
+            or qs[2] // num_heads not in HEAD_DIMS):
+        raise AttentionError(f"attention inputs must be [B, N, {num_heads} heads * 32 or 64] alike, got "
+                             f"{qs}, {ks}, {vs}")
 
 
 def _run(q: int, k: int, v: int, out: int, shape, num_heads: int, scale: float, threads: int) -> None:
-    """Pointers to float32 [B, N, H*64] buffers whose shapes the caller has checked."""
+    """Pointers to float32 [B, N, H*hd] buffers whose shapes the caller has checked."""
     lib, why = _load()
     if lib is None:
         raise RuntimeError(why)
     ptr = ctypes.POINTER(ctypes.c_float)
     rc = lib.edgevlm_attention_bf16(*(ctypes.cast(a, ptr) for a in (q, k, v, out)), shape[0], shape[1],
-                                    num_heads, HEAD_DIM, float(scale), int(threads))
+                                    num_heads, shape[2] // num_heads, float(scale), int(threads))
     if rc != 0:
         raise AttentionError(f"bf16 attention failed on shape {tuple(shape)} (out of memory or unsupported size)")
 

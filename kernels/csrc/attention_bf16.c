@@ -4,7 +4,7 @@
  * vdpbf16ps does two multiply-adds per fp32 lane, so the two score/value products run at up to
  * twice the fp32 rate. Softmax runs online (flash style) in fp32, one 64-key block at a time.
  *
- * Layouts (batch 1, N tokens, H heads of D = 64):
+ * Layouts (batch 1, N tokens, H heads of D = 32 or 64):
  *   q, k, v, out   fp32 [N, H*D]          (the projections' natural layout, heads not split)
  *   per head, packed once per call:
  *     qb  bf16 [Np, D]                    q * scale * log2(e), rows padded to a multiple of 4
@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define D 64
+#define DMAX 64 /* head sizes 32 and 64 */
 #define KB 64 /* keys per softmax block */
 #define RB 4  /* query rows per micro tile */
 
@@ -52,14 +52,14 @@ static inline KERNEL __m512 exp2_neg(__m512 x) {
 typedef struct {
     const float *q, *k, *v;
     float *out;
-    int n, heads, w0, w1; /* work items w0..w1-1; item w = (batch w / heads, head w % heads) */
+    int n, heads, d, w0, w1; /* head size d; work items w0..w1-1; item w = (batch w / heads, head w % heads) */
     float scale;
     int failed; /* set when the work buffers cannot be allocated */
 } job_t;
 
 static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk, bf16 *qb, uint32_t *kp,
                              uint32_t *vp) {
-    const int n = j->n, ld = j->heads * D;
+    const int n = j->n, D = j->d, ld = j->heads * D;
     const float qs = j->scale * 1.4426950408889634f; /* fold log2(e): softmax via exp2 */
     memset(qb, 0, sizeof(bf16) * (size_t)np * D);
     memset(kp, 0, sizeof(uint32_t) * (size_t)nk * D / 2);
@@ -83,15 +83,17 @@ static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk,
     }
 }
 
-/* RB query rows of one head against all keys. */
-static KERNEL void rows_tile(const bf16 *qb, const uint32_t *kp, const uint32_t *vp, int n, int nk,
-                      float *o /* [RB][D] */) {
+/* RB query rows of one head against all keys. Always inlined into one copy per head size, so D
+ * is a constant there and the loops over its 16-wide vectors unroll. */
+static inline __attribute__((always_inline)) KERNEL void rows_tile(const bf16 *qb, const uint32_t *kp,
+                                                                   const uint32_t *vp, int n, int nk,
+                                                                   float *o /* [RB][D] */, const int D) {
     __m512 acc_o[RB][4];
     float m[RB], l[RB];
     for (int r = 0; r < RB; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
-        for (int c = 0; c < 4; c++) acc_o[r][c] = _mm512_setzero_ps();
+        for (int c = 0; c < D / 16; c++) acc_o[r][c] = _mm512_setzero_ps();
     }
     const uint32_t *qw = (const uint32_t *)qb; /* [RB][D/2] pairs */
     uint32_t pbuf[RB][KB / 2] __attribute__((aligned(64)));
@@ -137,37 +139,40 @@ static KERNEL void rows_tile(const bf16 *qb, const uint32_t *kp, const uint32_t 
             _mm512_store_si512(pbuf[r], (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
             _mm512_store_si512(pbuf[r] + 16, (__m512i)_mm512_cvtne2ps_pbh(p3, p2));
             __m512 va = _mm512_set1_ps(alpha);
-            for (int c = 0; c < 4; c++) acc_o[r][c] = _mm512_mul_ps(acc_o[r][c], va);
+            for (int c = 0; c < D / 16; c++) acc_o[r][c] = _mm512_mul_ps(acc_o[r][c], va);
         }
         const uint32_t *vb = vp + (size_t)(k0 / 2) * D;
         for (int jp = 0; jp < KB / 2; jp++) {
-            __m512bh b0 = (__m512bh)_mm512_loadu_si512(vb + jp * D);
-            __m512bh b1 = (__m512bh)_mm512_loadu_si512(vb + jp * D + 16);
-            __m512bh b2 = (__m512bh)_mm512_loadu_si512(vb + jp * D + 32);
-            __m512bh b3 = (__m512bh)_mm512_loadu_si512(vb + jp * D + 48);
+            __m512bh b[DMAX / 16];
+            for (int c = 0; c < D / 16; c++) b[c] = (__m512bh)_mm512_loadu_si512(vb + jp * D + 16 * c);
             for (int r = 0; r < RB; r++) {
                 __m512bh a = (__m512bh)_mm512_set1_epi32((int)pbuf[r][jp]);
-                acc_o[r][0] = _mm512_dpbf16_ps(acc_o[r][0], a, b0);
-                acc_o[r][1] = _mm512_dpbf16_ps(acc_o[r][1], a, b1);
-                acc_o[r][2] = _mm512_dpbf16_ps(acc_o[r][2], a, b2);
-                acc_o[r][3] = _mm512_dpbf16_ps(acc_o[r][3], a, b3);
+                for (int c = 0; c < D / 16; c++) acc_o[r][c] = _mm512_dpbf16_ps(acc_o[r][c], a, b[c]);
             }
         }
     }
     for (int r = 0; r < RB; r++) {
         __m512 inv = _mm512_set1_ps(1.0f / l[r]);
-        for (int c = 0; c < 4; c++) _mm512_storeu_ps(o + r * D + 16 * c, _mm512_mul_ps(acc_o[r][c], inv));
+        for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(o + r * D + 16 * c, _mm512_mul_ps(acc_o[r][c], inv));
     }
+}
+
+static KERNEL void rows_tile_64(const bf16 *qb, const uint32_t *kp, const uint32_t *vp, int n, int nk, float *o) {
+    rows_tile(qb, kp, vp, n, nk, o, 64);
+}
+
+static KERNEL void rows_tile_32(const bf16 *qb, const uint32_t *kp, const uint32_t *vp, int n, int nk, float *o) {
+    rows_tile(qb, kp, vp, n, nk, o, 32);
 }
 
 static KERNEL void *run_heads(void *arg) {
     job_t *j = (job_t *)arg;
-    const int n = j->n, ld = j->heads * D;
+    const int n = j->n, D = j->d, ld = j->heads * D;
     const int np = (n + RB - 1) / RB * RB, nk = (n + KB - 1) / KB * KB;
     bf16 *qb = aligned_alloc(64, sizeof(bf16) * (size_t)np * D);
     uint32_t *kp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nk * D / 2);
     uint32_t *vp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nk * D / 2);
-    float o[RB * D] __attribute__((aligned(64)));
+    float o[RB * DMAX] __attribute__((aligned(64)));
     if (!qb || !kp || !vp) {
         j->failed = 1;
         free(qb), free(kp), free(vp);
@@ -178,7 +183,10 @@ static KERNEL void *run_heads(void *arg) {
         const size_t base = (size_t)(w / j->heads) * n * ld; /* batch offset into [B, N, H*D] */
         pack_head(j, base, h, np, nk, qb, kp, vp);
         for (int i0 = 0; i0 < n; i0 += RB) {
-            rows_tile(qb + (size_t)i0 * D, kp, vp, n, nk, o);
+            if (D == 64)
+                rows_tile_64(qb + (size_t)i0 * D, kp, vp, n, nk, o);
+            else
+                rows_tile_32(qb + (size_t)i0 * D, kp, vp, n, nk, o);
             for (int r = 0; r < RB && i0 + r < n; r++)
                 memcpy(j->out + base + (size_t)(i0 + r) * ld + h * D, o + r * D, sizeof(float) * D);
         }
@@ -197,11 +205,11 @@ int edgevlm_attention_bf16_supported(void) {
            __builtin_cpu_supports("avx512bf16");
 }
 
-/* q, k, v, out: fp32 [batch, n, heads * 64], row-major. Returns 0 on success, -1 when the head
- * size is not 64, a size is out of range, a buffer cannot be had, or the CPU lacks the ISA. */
+/* q, k, v, out: fp32 [batch, n, heads * head_dim], row-major. Returns 0 on success, -1 when the
+ * head size is not 32 or 64, a size is out of range, a buffer cannot be had, or the CPU lacks the ISA. */
 int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float *out, int batch,
                            int n, int heads, int head_dim, float scale, int threads) {
-    if (head_dim != D || n <= 0 || heads <= 0 || batch <= 0 || n > (1 << 20)) return -1;
+    if ((head_dim != 64 && head_dim != 32) || n <= 0 || heads <= 0 || batch <= 0 || n > (1 << 20)) return -1;
     if (!edgevlm_attention_bf16_supported()) return -1;
     const int items = batch * heads;
     if (threads < 1) threads = 1;
@@ -210,7 +218,7 @@ int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float
     job_t jobs[64];
     pthread_t tid[64];
     for (int t = 0; t < threads; t++)
-        jobs[t] = (job_t){q, k, v, out, n, heads, (int)((long)items * t / threads),
+        jobs[t] = (job_t){q, k, v, out, n, heads, head_dim, (int)((long)items * t / threads),
                           (int)((long)items * (t + 1) / threads), scale, 0};
     char started[64] = {0};
     for (int t = 1; t < threads; t++) /* a thread that cannot start: its share runs here */
