@@ -117,6 +117,9 @@ def _session(source, threads: int = 0):
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # no spin-waiting after a run: a spinning worker would hold a core the kernel (or the next
+    # part) needs when they alternate
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])

@@ -86,3 +86,16 @@ def test_reference_is_softmax_attention():
         p = np.exp(s - s.max(1, keepdims=True))
         want = (p / p.sum(1, keepdims=True)) @ v[0][:, cols]
         np.testing.assert_allclose(got[0][:, cols], want, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_attention_benchmark_runs(capsys):
+    """benchmarks/attention_bench.py (the kernel against ONNX Runtime's MultiHeadAttention)."""
+    import json
+
+    from edgevlm.benchmarks.attention_bench import main
+
+    main(["--threads", "1", "--repeat", "1"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["head_dim"] for r in report["rows"]] == [64, 64, 32]
+    assert all(r["bf16_ms"] > 0 and r["rel_rms_vs_float64"] < 0.01 for r in report["rows"])

@@ -52,7 +52,8 @@ static inline KERNEL __m512 exp2_neg(__m512 x) {
 typedef struct {
     const float *q, *k, *v;
     float *out;
-    int n, heads, d, w0, w1; /* head size d; work items w0..w1-1; item w = (batch w / heads, head w % heads) */
+    int n, heads, d, items; /* head size d; work item w = (batch w / heads, head w % heads) */
+    int *next;              /* shared: the next item nobody has taken yet */
     float scale;
     int failed; /* set when the work buffers cannot be allocated */
 } job_t;
@@ -178,7 +179,9 @@ static KERNEL void *run_heads(void *arg) {
         free(qb), free(kp), free(vp);
         return NULL;
     }
-    for (int w = j->w0; w < j->w1; w++) {
+    /* Items are taken one at a time, not split up front: a thread that loses its core for a while
+     * (another runtime's pool still spin-waiting after its run) leaves its share to the others. */
+    for (int w; (w = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED)) < j->items;) {
         const int h = w % j->heads;
         const size_t base = (size_t)(w / j->heads) * n * ld; /* batch offset into [B, N, H*D] */
         pack_head(j, base, h, np, nk, qb, kp, vp);
@@ -209,26 +212,29 @@ int edgevlm_attention_bf16_supported(void) {
  * head size is not 32 or 64, a size is out of range, a buffer cannot be had, or the CPU lacks the ISA. */
 int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float *out, int batch,
                            int n, int heads, int head_dim, float scale, int threads) {
-    if ((head_dim != 64 && head_dim != 32) || n <= 0 || heads <= 0 || batch <= 0 || n > (1 << 20)) return -1;
+    if ((head_dim != 64 && head_dim != 32) || n <= 0 || heads <= 0 || batch <= 0 || n > (1 << 20) ||
+        (long)batch * heads > (1 << 24))
+        return -1;
     if (!edgevlm_attention_bf16_supported()) return -1;
     const int items = batch * heads;
     if (threads < 1) threads = 1;
     if (threads > 64) threads = 64;
     if (threads > items) threads = items;
     job_t jobs[64];
+    int next = 0;
     pthread_t tid[64];
     for (int t = 0; t < threads; t++)
-        jobs[t] = (job_t){q, k, v, out, n, heads, head_dim, (int)((long)items * t / threads),
-                          (int)((long)items * (t + 1) / threads), scale, 0};
+        jobs[t] = (job_t){q, k, v, out, n, heads, head_dim, items, &next, scale, 0};
     char started[64] = {0};
-    for (int t = 1; t < threads; t++) /* a thread that cannot start: its share runs here */
+    for (int t = 1; t < threads; t++) /* a thread that cannot start just takes no items */
         started[t] = pthread_create(&tid[t], NULL, run_heads, &jobs[t]) == 0;
     run_heads(&jobs[0]);
     int failed = jobs[0].failed;
     for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else run_heads(&jobs[t]);
-        failed |= jobs[t].failed;
+        if (started[t]) {
+            pthread_join(tid[t], NULL);
+            failed |= jobs[t].failed;
+        }
     }
     return failed ? -1 : 0;
 }
