@@ -39,7 +39,8 @@ def check_split_spec(spec, graph_file: str, listed) -> tuple[list[str], list[dic
 
 class SplitVision:
     """sessions: one InferenceSession per part, in order; attention: the manifest's nodes;
-    attend(q, k, v, num_heads, scale) -> out, all [B, N, H*hd]."""
+    attend: see Attend. A part input that no stage produces shows up in get_inputs(), where
+    check_graphs refuses it against the manifest's config."""
 
     def __init__(self, sessions: list, attention: list[dict], attend: Attend):
         self.parts, self.attention, self.attend = sessions, attention, attend
@@ -56,8 +57,8 @@ class SplitVision:
         self._keep_after = [{x for ins in self._inputs[i + 1:] for x in ins}
                             | {n for node in attention[i + 1:] for n in (node["q"], node["k"], node["v"])}
                             | {o.name for o in sessions[-1].get_outputs()} for i in range(len(attention))]
-        first_outputs = {x for outs in self._outputs for x in outs} | {n["out"] for n in attention}
-        missing = [x for ins in self._inputs for x in ins if x not in first_outputs]
+        produced = {x for outs in self._outputs for x in outs} | {n["out"] for n in attention}
+        missing = [x for ins in self._inputs for x in ins if x not in produced]
         self._graph_inputs = list({i.name: i for s in sessions for i in s.get_inputs() if i.name in missing}.values())
         for i, node in enumerate(attention):  # every attention input comes from the part before it
             if not all(node[x] in self._outputs[i] for x in ("q", "k", "v")):
