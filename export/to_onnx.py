@@ -19,7 +19,7 @@ from edgevlm.export.external_data import EXTERNAL_MIN_BYTES, externalize_bundle
 from edgevlm.export.graphs import EXPORTERS, export_decoder, export_vision, merge_decoder_linears
 from edgevlm.export.manifest import write_manifest
 from edgevlm.export.quantize import precisions, quantize_bundle_graphs
-from edgevlm.export.vision_split import check_split, split_graph, splittable
+from edgevlm.export.vision_split import HEAD_DIMS, check_split, split_graph
 from edgevlm.export.validate import (FP32_TOLERANCE, VALIDATORS, ExportValidationError, tolerance_for,
                                      validate_decoder)
 from edgevlm.models.vlm import VLM
@@ -87,7 +87,7 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
             validation["decoder"]["merged_linears"] = len(renamed)
             for layer in validation["decoder"].get("mixed", {}).get("int8_layers", []):
                 layer["node"] = renamed.get(layer["node"], layer["node"])
-        split = _will_split(work / "vision_encoder.onnx", model, attention, precision)
+        split = _will_split(model, attention, precision)
         # the decoder before embed_tokens: a tied int4 table then points at the lm_head's bytes
         data_files = externalize_bundle(work, [g for g in ("vision_encoder", "decoder", "embed_tokens")
                                                if g not in packed or (split and g == "vision_encoder")],
@@ -120,12 +120,10 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _will_split(vision: Path, model: VLM, attention: str, precision: dict) -> bool:
+def _will_split(model: VLM, attention: str, precision: dict) -> bool:
     """Cut the vision graph for the bf16 attention kernel (export/vision_split.py)? Only where its
-    attention is fused, its weights are quantized (fp32 bundles keep fp32 attention) and its heads
-    are the kernel's size."""
-    if attention != "fused" or precision["vision_encoder"] == "fp32":
-        return False
-    import onnx
-
-    return splittable(onnx.load(str(vision), load_external_data=False), model.cfg.vision.hidden_size)
+    attention is fused (one MultiHeadAttention per layer, with the config's heads), its weights
+    are quantized (fp32 bundles keep fp32 attention) and its heads are the kernel's size."""
+    vision = model.cfg.vision
+    return (attention == "fused" and precision["vision_encoder"] != "fp32"
+            and vision.hidden_size % vision.num_heads == 0 and vision.hidden_size // vision.num_heads in HEAD_DIMS)

@@ -44,13 +44,6 @@ def _attention_spec(node: onnx.NodeProto, width: int | None) -> dict:
             "num_heads": heads, "scale": scale}
 
 
-def splittable(model: onnx.ModelProto, width: int) -> bool:
-    """Does the graph have attention nodes the kernel runs (heads of 32 or 64)?"""
-    nodes = [n for n in model.graph.node if (n.domain, n.op_type) == MHA]
-    heads = [_attention_spec(n, width)["num_heads"] for n in nodes]
-    return bool(nodes) and all(width % h == 0 and width // h in HEAD_DIMS for h in heads)
-
-
 def _types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every value onnx's shape inference knows; contrib ops' outputs it does not
     know are float activations in this graph (checked when ONNX Runtime loads the parts)."""
@@ -73,6 +66,9 @@ def split_graph(path: Path, width: int) -> dict:
     graph = model.graph
     cuts = [i for i, n in enumerate(graph.node) if (n.domain, n.op_type) == MHA]
     attention = [_attention_spec(graph.node[i], width) for i in cuts]
+    if not cuts or any(width % a["num_heads"] or width // a["num_heads"] not in HEAD_DIMS for a in attention):
+        raise EdgeVLMError(f"{path.name}: no MultiHeadAttention with heads of {' or '.join(map(str, HEAD_DIMS))} "
+                           "to cut at")
     bounds = [-1] + cuts + [len(graph.node)]
     segments = [list(graph.node[a + 1:b]) for a, b in zip(bounds, bounds[1:])]
     types = _types(model)

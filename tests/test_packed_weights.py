@@ -109,11 +109,12 @@ def test_external_data_and_shared_table_caption_identically(int4_bundles):
         assert a.run(sample).token_ids == b.run(sample).token_ids
 
 
-def _mutated(bundle, tmp_path, change):
+def _mutated(bundle, tmp_path, change, entry="packed_weights"):
+    """A copy of `bundle` whose manifest went through change(graphs.vision_encoder[entry], manifest, path)."""
     path = tmp_path / "b"
     shutil.copytree(bundle, path)
     manifest = json.loads((path / "edgevlm.json").read_text())
-    change(manifest["graphs"]["vision_encoder"]["packed_weights"], manifest, path)
+    change(manifest["graphs"]["vision_encoder"][entry], manifest, path)
     (path / "edgevlm.json").write_text(json.dumps(manifest))
     return path
 

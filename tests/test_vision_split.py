@@ -2,7 +2,6 @@
 bf16 kernel between the parts (edgevlm/runtime/vision_split.py)."""
 
 import json
-import shutil
 
 import numpy as np
 import onnx
@@ -17,6 +16,7 @@ from edgevlm.runtime.vision_split import SplitVision
 from tests.conftest import tiny_scene_setup
 from tests.test_attention_kernel import needs_kernel
 from tests.test_golden import SAMPLES
+from tests.test_packed_weights import _mutated
 
 
 def _head64_setup():
@@ -122,34 +122,25 @@ def test_unavailable_kernel_falls_back_or_says_why(split_bundles, monkeypatch):
         edgevlm.load(split_bundles["int4"], threads=1, vision_attention="bf16")
 
 
-def _with_split(bundle, tmp_path, change):
-    path = tmp_path / "b"
-    shutil.copytree(bundle, path)
-    manifest = _manifest(path)
-    change(manifest["graphs"]["vision_encoder"]["split"], manifest)
-    (path / "edgevlm.json").write_text(json.dumps(manifest))
-    return path
-
-
-def _swap_inputs(split, manifest):  # attention 1 reads the q of part 0
+def _swap_inputs(split, manifest, path):  # attention 1 reads the q of part 0
     split["attention"][1]["q"] = split["attention"][0]["q"]
 
 
 @needs_kernel
 @pytest.mark.parametrize("change,message", [
-    (lambda s, m: s["parts"].pop(), "malformed"),
-    (lambda s, m: s.update(attention="x"), "malformed"),
-    (lambda s, m: s["attention"][0].update(num_heads=0), "malformed"),
-    (lambda s, m: s["attention"][0].update(num_heads=True), "malformed"),
-    (lambda s, m: s["attention"][0].update(scale=float("nan")), "malformed"),
-    (lambda s, m: s["attention"][0].pop("k"), "malformed"),
-    (lambda s, m: m["files"].pop(s["parts"][1]), "not a checksummed file"),
-    (lambda s, m: s["parts"].__setitem__(0, "../vision_encoder.part00.onnx"), "not a checksummed file"),
+    (lambda s, m, p: s["parts"].pop(), "malformed"),
+    (lambda s, m, p: s.update(attention="x"), "malformed"),
+    (lambda s, m, p: s["attention"][0].update(num_heads=0), "malformed"),
+    (lambda s, m, p: s["attention"][0].update(num_heads=True), "malformed"),
+    (lambda s, m, p: s["attention"][0].update(scale=float("nan")), "malformed"),
+    (lambda s, m, p: s["attention"][0].pop("k"), "malformed"),
+    (lambda s, m, p: m["files"].pop(s["parts"][1]), "not a checksummed file"),
+    (lambda s, m, p: s["parts"].__setitem__(0, "../vision_encoder.part00.onnx"), "not a checksummed file"),
     (_swap_inputs, "does not produce"),
 ])
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_malformed_split_entries_are_refused_in_one_line(split_bundles, tmp_path, change, message, quant):
-    path = _with_split(split_bundles[quant], tmp_path, change)
+    path = _mutated(split_bundles[quant], tmp_path, change, entry="split")
     with pytest.raises(BundleError, match=message) as info:
         edgevlm.load(path, threads=1)
     assert "\n" not in str(info.value)

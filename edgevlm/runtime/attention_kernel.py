@@ -55,33 +55,25 @@ def available() -> tuple[bool, str]:
 
 def attention_bf16(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, scale: float,
                    threads: int, into_q: bool = False) -> np.ndarray:
-    """q, k, v float32 [B, N, H*hd] -> [B, N, H*hd], hd in HEAD_DIMS. Raises AttentionError where the kernel
-    cannot run (check `available()` first). into_q: write the result over q (a contiguous
-    float32 array the caller no longer needs): each head's q is packed before its output is written."""
+    """q, k, v float32 [B, N, H*hd] -> [B, N, H*hd], hd in HEAD_DIMS. Raises AttentionError on
+    shapes the kernel cannot run or a failed run, RuntimeError where it is not available here
+    (check `available()` first). into_q: write the result over q (a contiguous float32 array the
+    caller no longer needs): each head's q is packed before its output is written."""
     q, k, v = (np.ascontiguousarray(x, dtype=np.float32) for x in (q, k, v))
-    _check_shapes(q.shape, k.shape, v.shape, num_heads)
-    out = q if into_q and q.flags.writeable else np.empty_like(q)
-    _run(q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, q.shape, num_heads, scale, threads)
-    return out
-
-
-def _check_shapes(qs, ks, vs, num_heads: int) -> None:
-    if (len(qs) != 3 or ks != qs or vs != qs or num_heads <= 0 or qs[2] % num_heads
-            or qs[2] // num_heads not in HEAD_DIMS):
+    if (q.ndim != 3 or k.shape != q.shape or v.shape != q.shape or num_heads <= 0 or q.shape[2] % num_heads
+            or q.shape[2] // num_heads not in HEAD_DIMS):
         raise AttentionError(f"attention inputs must be [B, N, {num_heads} heads * 32 or 64] alike, got "
-                             f"{qs}, {ks}, {vs}")
-
-
-def _run(q: int, k: int, v: int, out: int, shape, num_heads: int, scale: float, threads: int) -> None:
-    """Pointers to float32 [B, N, H*hd] buffers whose shapes the caller has checked."""
+                             f"{q.shape}, {k.shape}, {v.shape}")
     lib, why = _load()
     if lib is None:
         raise RuntimeError(why)
+    out = q if into_q and q.flags.writeable else np.empty_like(q)
     ptr = ctypes.POINTER(ctypes.c_float)
-    rc = lib.edgevlm_attention_bf16(*(ctypes.cast(a, ptr) for a in (q, k, v, out)), shape[0], shape[1],
-                                    num_heads, shape[2] // num_heads, float(scale), int(threads))
+    rc = lib.edgevlm_attention_bf16(*(x.ctypes.data_as(ptr) for x in (q, k, v, out)), q.shape[0], q.shape[1],
+                                    num_heads, q.shape[2] // num_heads, float(scale), int(threads))
     if rc != 0:
-        raise AttentionError(f"bf16 attention failed on shape {tuple(shape)} (out of memory or unsupported size)")
+        raise AttentionError(f"bf16 attention failed on shape {q.shape} (out of memory or unsupported size)")
+    return out
 
 
 def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, scale: float) -> np.ndarray:

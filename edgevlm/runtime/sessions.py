@@ -87,6 +87,9 @@ def session_options(opts: RuntimeOptions, graph: str | None = None) -> ort.Sessi
 def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.InferenceSession]:
     if opts.model_format not in MODEL_FORMATS:
         raise ConfigError(f"model format must be one of {', '.join(MODEL_FORMATS)}, got {opts.model_format!r}")
+    if opts.vision_attention not in VISION_ATTENTION:
+        raise ConfigError(f"vision attention must be one of {', '.join(VISION_ATTENTION)}, "
+                          f"got {opts.vision_attention!r}")
     sessions = {}
     for name in GRAPHS:
         so = session_options(opts, name)
@@ -114,9 +117,6 @@ def open_sessions(bundle: Bundle, opts: RuntimeOptions) -> dict[str, ort.Inferen
 
 def _split_entry(bundle: Bundle, graph: str, opts: RuntimeOptions):
     """The graph's split entry when its attention is to run on the bf16 kernel, else None."""
-    if opts.vision_attention not in VISION_ATTENTION:
-        raise ConfigError(f"vision attention must be one of {', '.join(VISION_ATTENTION)}, "
-                          f"got {opts.vision_attention!r}")
     if graph != "vision_encoder" or opts.vision_attention == "fp32":
         return None
     split = bundle.manifest["graphs"][graph].get("split")
@@ -143,20 +143,27 @@ def _split_session(bundle: Bundle, path: Path, spec, packed, so: ort.SessionOpti
         return attention_kernel.attention_bf16(q, k, v, heads, scale, threads, into_q=q_free)
 
     if packed is None:
-        sessions = []
-        for part in parts:
-            part_path = bundle.file(part)
-            check_external_data(part_path, bundle.path, allowed=listed)
-            sessions.append(_session(part_path, so, bundle.path))
-        return SplitVision(sessions, attention, attend)
+        return SplitVision(_part_sessions(bundle.path, parts, listed, so), attention, attend)
     _check_packed(bundle, path, packed)
-    shared = [f for f in (path.name + ".data",) if f in listed]  # the weights parts and graph share
+    shared = _shared_data(bundle, path)
     with unpacked_graph(bundle.path, path.name, packed, also=parts + shared) as copy:
-        sessions = []
-        for part in parts:
-            check_external_data(copy.parent / part, copy.parent, allowed={packed["expands_to"], *shared})
-            sessions.append(_session(copy.parent / part, so, copy.parent))
+        sessions = _part_sessions(copy.parent, parts, {packed["expands_to"], *shared}, so)
         return SplitVision(sessions, attention, attend)
+
+
+def _part_sessions(where: Path, parts: list[str], allowed: set[str], so: ort.SessionOptions) -> list:
+    """One session per part file in `where`; each may read only the `allowed` data files there."""
+    sessions = []
+    for part in parts:
+        check_external_data(where / part, where, allowed=allowed)
+        sessions.append(_session(where / part, so, where))
+    return sessions
+
+
+def _shared_data(bundle: Bundle, path: Path) -> list[str]:
+    """The graph's own data file (GRAPH.onnx.data), where a packed graph and its parts keep their
+    other weights, if the bundle lists one; it goes into the unpacking directory beside them."""
+    return [f for f in (path.name + ".data",) if f in bundle.manifest["files"]]
 
 
 _ARENA: list = []
@@ -194,7 +201,7 @@ def _packed_session(bundle: Bundle, path: Path, spec, so: ort.SessionOptions) ->
     """A graph whose int8 weights ship at 4 bit (edgevlm.runtime.packed_weights): unpacked into a
     temporary directory; the graph may read only the expanded file there."""
     _check_packed(bundle, path, spec)
-    shared = [f for f in (path.name + ".data",) if f in bundle.manifest["files"]]
+    shared = _shared_data(bundle, path)
     with unpacked_graph(bundle.path, path.name, spec, also=shared) as copy:
         check_external_data(copy, copy.parent, allowed={spec["expands_to"], *shared})
         return _session(copy, so, copy.parent)

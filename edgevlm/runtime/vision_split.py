@@ -47,16 +47,14 @@ class SplitVision:
         self._shapes: list[dict] = [{} for _ in sessions]
         self._inputs = [[i.name for i in s.get_inputs()] for s in sessions]
         self._outputs = [[o.name for o in s.get_outputs()] for s in sessions]
-        # keep[i]: the names some stage after part i (its attention, later parts) still reads
-        self._keep = []
-        for i in range(len(sessions)):
-            later = {x for ins in self._inputs[i + 1:] for x in ins}
-            later.update(n for node in attention[i:] for n in (node["q"], node["k"], node["v"]))
-            self._keep.append(later)
-        # what a later part or a later attention node reads (attention i's own inputs excluded)
-        self._keep_after = [{x for ins in self._inputs[i + 1:] for x in ins}
+        # _keep_after[i]: what a later part, a later attention node or the caller reads (attention
+        # i's own inputs excluded: q may then be overwritten); _keep[i]: that plus attention i's
+        # inputs, everything that must survive part i
+        final = {o.name for o in sessions[-1].get_outputs()}
+        self._keep_after = [{x for ins in self._inputs[i + 1:] for x in ins} | final
                             | {n for node in attention[i + 1:] for n in (node["q"], node["k"], node["v"])}
-                            | {o.name for o in sessions[-1].get_outputs()} for i in range(len(attention))]
+                            for i in range(len(attention))]
+        self._keep = [after | {node["q"], node["k"], node["v"]} for after, node in zip(self._keep_after, attention)]
         produced = {x for outs in self._outputs for x in outs} | {n["out"] for n in attention}
         missing = [x for ins in self._inputs for x in ins if x not in produced]
         self._graph_inputs = list({i.name: i for s in sessions for i in s.get_inputs() if i.name in missing}.values())

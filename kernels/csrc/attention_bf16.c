@@ -4,8 +4,8 @@
  * vdpbf16ps does two multiply-adds per fp32 lane, so the two score/value products run at up to
  * twice the fp32 rate. Softmax runs online (flash style) in fp32, one 64-key block at a time.
  *
- * Layouts (batch 1, N tokens, H heads of D = 32 or 64):
- *   q, k, v, out   fp32 [N, H*D]          (the projections' natural layout, heads not split)
+ * Layouts (B batch items of N tokens, H heads of D = 32 or 64):
+ *   q, k, v, out   fp32 [B, N, H*D]       (the projections' natural layout, heads not split)
  *   per head, packed once per call:
  *     qb  bf16 [Np, D]                    q * scale * log2(e), rows padded to a multiple of 4
  *     kp  bf16 [Nk/16][D/2][16][2]        16 keys per group; each 32-bit word = a pair (d, d+1)
@@ -75,7 +75,7 @@ static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk,
         for (int dp = 0; dp < D / 2; dp++)
             dst[dp * 16] = (uint32_t)to_bf16(src[2 * dp]) | ((uint32_t)to_bf16(src[2 * dp + 1]) << 16);
     }
-    for (int t = 0; t + 1 < n + 1; t += 2) {
+    for (int t = 0; t < n; t += 2) {
         const float *a = j->v + base + (size_t)t * ld + h * D;
         const float *b = t + 1 < n ? j->v + base + (size_t)(t + 1) * ld + h * D : NULL;
         uint32_t *dst = vp + (size_t)(t / 2) * D;
