@@ -27,6 +27,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,12 +60,19 @@ def _args(argv):
     ap.add_argument("--llama-convert", type=Path,
                     help="llama.cpp's convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERT, then PATH)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for one conversion, load or run")
+    # ONNX Runtime's pools (and OpenMP's) spin-wait for tens of ms after a run by default: without
+    # a pause, each peer's first timed step would share the cores with the previous peer's spinning
+    # workers (measured: Optimum + ORT int8 vision 370 -> 321 ms, edgevlm 249 -> 220 ms, with a 0.25 s pause)
+    ap.add_argument("--settle", type=float, default=0.25,
+                    help="seconds of idle before each timed run, so no peer pays for the one before it")
     args = ap.parse_args(argv)
     args.new_tokens = args.new_tokens or (4 if args.smoke else 64)
     args.repeat = args.repeat or (2 if args.smoke else 5)
     for python in args.peer_python:
         if not os.access(python, os.X_OK):
             ap.error(f"--peer-python {python} is not an executable interpreter")
+    if args.settle < 0:
+        ap.error("--settle must be >= 0")
     if args.new_tokens < 2 or args.repeat < 1:
         ap.error("--new-tokens must be >= 2 (prefill gives the first) and --repeat >= 1")
     return args
@@ -110,6 +118,8 @@ def _measure(peers: list[Peer], args, spec_path: Path, skipped: list) -> list[Pe
             _skip(skipped, peer.title, peer.variant, answer["reason"])
     for r in range(args.repeat):  # round-robin, starting one peer later each round
         for peer in peers[r % max(len(peers), 1):] + peers[:r % max(len(peers), 1)]:
+            if peer.reason is None:
+                time.sleep(args.settle)
             answer = peer.ask(args.timeout) if peer.reason is None else {"ok": True}
             if not answer.pop("ok"):  # one failure voids the peer's earlier runs too: no partial numbers
                 peer.reason, peer.runs = f"failed in repeat {r + 1}: {answer['reason']}", []

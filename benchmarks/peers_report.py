@@ -21,7 +21,8 @@ def build(command: str, args, model: dict, spec: dict, rows: list[dict], skipped
     report = {"benchmark": "peers", "command": command,
               "workload": {"model": f"{model['kind']} shape, random weights", "prompt_tokens": args.prompt_tokens,
                            "new_tokens": args.new_tokens, "threads": args.threads, "batch": 1, "repeat": args.repeat,
-                           "warmup": args.warmup, "tile_size": spec["tile_size"]},
+                           "warmup": args.warmup, "tile_size": spec["tile_size"],
+                           "settle_s": args.settle},
               "device": device, "load_avg_1m": load_avg, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
               "rows": rows, "skipped": skipped}
     summarise(rows)

@@ -55,11 +55,14 @@ def default_threads() -> int:
 
 def session_options(opts: RuntimeOptions, graph: str | None = None) -> ort.SessionOptions:
     """graph: which bundle graph the session runs. Each session has its own thread pool, and a
-    pool's workers keep spinning for a while after its run, taking cores from the session that
-    runs next. So embed_tokens (one Gather) runs on the caller's thread alone, and the vision
-    encoder (large GEMMs, where spin-waiting between ops gains little) does not spin. Measured at
-    the SmolVLM-256M shape, int4, 2 threads, in one process: prefill of 128 tokens after a vision
-    encode 140 -> 85 ms, decode 5.0 -> 4.7 ms/token, vision 328 -> 338 ms."""
+    pool's workers would keep spinning for tens of ms after its run, taking a core from the session
+    (or our attention kernel) that runs next. So embed_tokens (one Gather) runs on the caller's
+    thread alone, and every pool spins only inside a run (between ops, where it saves wake-ups)
+    and stops when the run returns (session.force_spinning_stop). Measured at the SmolVLM-256M
+    shape, int4, 2 threads, one process each, medians of 10: a vision tile right after a 64-token
+    decode 231-247 -> 214 ms (the same as a tile alone, 207-217 ms); decode 3.8-4.2 ms/token and
+    prefill of 170 tokens after a vision tile 103-113 ms either way. Vision spinning inside its
+    runs, same-process A/B: 1-2% faster than not spinning."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1 if graph == "embed_tokens" else (opts.threads or default_threads())
     so.inter_op_num_threads = 1
@@ -68,8 +71,8 @@ def session_options(opts: RuntimeOptions, graph: str | None = None) -> ort.Sessi
     # fatal only: warnings about unused initializers are noise to a user, and an error reaches the user
     # as our one-line BundleError (ORT's own log lines would make it several lines on stderr)
     so.log_severity_level = 4
-    spin = opts.spinning and graph != "vision_encoder"
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.spinning else "0")
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     # No memory pattern: ORT would plan one block per input shape seen and keep each, and our
     # shapes change every call (prefill length, decode, tile count). Measured at the SmolVLM-256M
     # shape, int4, one 512 px tile, 6 captions: peak RSS 458 -> 415 MB, same vision/prefill/decode times.
