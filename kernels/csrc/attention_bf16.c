@@ -28,25 +28,29 @@ typedef uint16_t bf16;
 /* Only the kernel is compiled for AVX-512: the entry point must run (and refuse) on any x86-64. */
 #define KERNEL __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
-static inline KERNEL bf16 to_bf16(float x) { /* round to nearest even */
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    u += 0x7FFF + ((u >> 16) & 1);
-    return (bf16)(u >> 16);
-}
-
-/* 2^x for x <= 0 (x = -inf gives 0): x = n + f, f in [0, 1), 2^f by a degree-5 polynomial. */
+/* 2^x for x <= 0 (x = -inf gives 0): x = n + f, f in [0, 1), 2^f by a degree-3 polynomial
+ * (max relative error 7.6e-5, fitted for this kernel; the probabilities are then rounded to bf16,
+ * whose step is 3.9e-3, so more terms would not change the result). */
 static inline KERNEL __m512 exp2_neg(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.8775767e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.9893397e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826318e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315308e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9999994e-1f));
+    __m512 p = _mm512_set1_ps(7.8030035e-2f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.2607303e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9582373e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9992681e-1f));
     return _mm512_scalef_ps(p, n);
+}
+
+/* The maxima of four vectors at once: lanes 4r..4r+3 of the result all hold max(a_r). */
+static inline KERNEL __m512 max4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    /* 128-bit lanes: x01 = [max(a0.L0,a0.L2), max(a0.L1,a0.L3), same of a1], x23 likewise */
+    __m512 x01 = _mm512_max_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+    __m512 x23 = _mm512_max_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+    /* 128-bit lane r: the four partial maxima of row r */
+    __m512 x = _mm512_max_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
+    x = _mm512_max_ps(x, _mm512_permute_ps(x, 0x4E));
+    return _mm512_max_ps(x, _mm512_permute_ps(x, 0xB1));
 }
 
 typedef struct {
@@ -58,29 +62,43 @@ typedef struct {
     int failed; /* set when the work buffers cannot be allocated */
 } job_t;
 
+/* 16 floats to 16 bf16 (round to nearest even, like to_bf16 for finite values). */
+static inline KERNEL __m256i cvt16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+
 static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk, bf16 *qb, uint32_t *kp,
                              uint32_t *vp) {
     const int n = j->n, D = j->d, ld = j->heads * D;
-    const float qs = j->scale * 1.4426950408889634f; /* fold log2(e): softmax via exp2 */
-    memset(qb, 0, sizeof(bf16) * (size_t)np * D);
-    memset(kp, 0, sizeof(uint32_t) * (size_t)nk * D / 2);
-    memset(vp, 0, sizeof(uint32_t) * (size_t)nk * D / 2);
+    const __m512 qs = _mm512_set1_ps(j->scale * 1.4426950408889634f); /* fold log2(e): softmax via exp2 */
+    /* word d of a v pair: low half key t, high half key t + 1 (bf16 lanes 2d and 2d+1) */
+    const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                        37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+    memset(qb + (size_t)n * D, 0, sizeof(bf16) * (size_t)(np - n) * D);
+    memset(kp + (size_t)n / 16 * 16 * D / 2, 0, sizeof(uint32_t) * (size_t)(nk - n / 16 * 16) * D / 2);
+    memset(vp + (size_t)(n / 2) * D, 0, sizeof(uint32_t) * (size_t)(nk / 2 - n / 2) * D);
     for (int i = 0; i < n; i++) {
         const float *src = j->q + base + (size_t)i * ld + h * D;
-        for (int d = 0; d < D; d++) qb[(size_t)i * D + d] = to_bf16(src[d] * qs);
+        for (int c = 0; c < D; c += 16)
+            _mm256_storeu_si256((__m256i *)(qb + (size_t)i * D + c), cvt16(_mm512_mul_ps(_mm512_loadu_ps(src + c), qs)));
     }
+    uint32_t words[DMAX / 2] __attribute__((aligned(64))); /* one key row as (d, d+1) pairs */
     for (int t = 0; t < n; t++) {
         const float *src = j->k + base + (size_t)t * ld + h * D;
+        for (int c = 0; c < D; c += 16) _mm256_store_si256((__m256i *)(words + c / 2), cvt16(_mm512_loadu_ps(src + c)));
         uint32_t *dst = kp + (size_t)(t / 16) * (D / 2) * 16 + (t % 16);
-        for (int dp = 0; dp < D / 2; dp++)
-            dst[dp * 16] = (uint32_t)to_bf16(src[2 * dp]) | ((uint32_t)to_bf16(src[2 * dp + 1]) << 16);
+        for (int dp = 0; dp < D / 2; dp++) dst[dp * 16] = words[dp];
     }
-    for (int t = 0; t < n; t += 2) {
+    for (int t = 0; t < n; t += 2) { /* [D] of key t and key t + 1 -> [D] pairs */
         const float *a = j->v + base + (size_t)t * ld + h * D;
-        const float *b = t + 1 < n ? j->v + base + (size_t)(t + 1) * ld + h * D : NULL;
+        const float *b = t + 1 < n ? a + ld : NULL;
         uint32_t *dst = vp + (size_t)(t / 2) * D;
-        for (int d = 0; d < D; d++)
-            dst[d] = (uint32_t)to_bf16(a[d]) | (b ? ((uint32_t)to_bf16(b[d]) << 16) : 0u);
+        for (int c = 0; c < D; c += 32) {
+            __m512i va = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(a + c + 16), _mm512_loadu_ps(a + c));
+            __m512i vb = b ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b + c + 16), _mm512_loadu_ps(b + c))
+                           : _mm512_setzero_si512();
+            _mm512_storeu_si512(dst + c, _mm512_permutex2var_epi16(va, lo, vb));
+            _mm512_storeu_si512(dst + c + 16, _mm512_permutex2var_epi16(va, hi, vb));
+        }
     }
 }
 
@@ -89,11 +107,11 @@ static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk,
 static inline __attribute__((always_inline)) KERNEL void rows_tile(const bf16 *qb, const uint32_t *kp,
                                                                    const uint32_t *vp, int n, int nk,
                                                                    float *o /* [RB][D] */, const int D) {
-    __m512 acc_o[RB][4];
-    float m[RB], l[RB];
+    _Static_assert(RB == 4, "max4 reduces four rows");
+    __m512 acc_o[RB][4], lsum[RB]; /* output and softmax denominators, per lane until the end */
+    __m512 m = _mm512_set1_ps(-INFINITY); /* running row maxima, row r in lanes 4r..4r+3 */
     for (int r = 0; r < RB; r++) {
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
+        lsum[r] = _mm512_setzero_ps();
         for (int c = 0; c < D / 16; c++) acc_o[r][c] = _mm512_setzero_ps();
     }
     const uint32_t *qw = (const uint32_t *)qb; /* [RB][D/2] pairs */
@@ -125,21 +143,23 @@ static inline __attribute__((always_inline)) KERNEL void rows_tile(const bf16 *q
                     s[r][c] = _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), s[r][c]);
             }
         }
+        __m512 bm[RB];
+        for (int r = 0; r < RB; r++)
+            bm[r] = _mm512_max_ps(_mm512_max_ps(s[r][0], s[r][1]), _mm512_max_ps(s[r][2], s[r][3]));
+        /* every block has a real key (blocks start below n), so the new maxima are finite */
+        const __m512 mn = _mm512_max_ps(m, max4(bm[0], bm[1], bm[2], bm[3]));
+        const __m512 alpha = exp2_neg(_mm512_sub_ps(m, mn)); /* rescales what came before; 0 at first */
+        m = mn;
         for (int r = 0; r < RB; r++) {
-            __m512 mx = _mm512_max_ps(_mm512_max_ps(s[r][0], s[r][1]), _mm512_max_ps(s[r][2], s[r][3]));
-            float bm = _mm512_reduce_max_ps(mx);
-            float mn = bm > m[r] ? bm : m[r];
-            float alpha = exp2f(m[r] - mn);
-            m[r] = mn;
-            __m512 vm = _mm512_set1_ps(mn);
+            const __m512i lane = _mm512_set1_epi32(4 * r);
+            const __m512 vm = _mm512_permutexvar_ps(lane, mn), va = _mm512_permutexvar_ps(lane, alpha);
             __m512 p0 = exp2_neg(_mm512_sub_ps(s[r][0], vm));
             __m512 p1 = exp2_neg(_mm512_sub_ps(s[r][1], vm));
             __m512 p2 = exp2_neg(_mm512_sub_ps(s[r][2], vm));
             __m512 p3 = exp2_neg(_mm512_sub_ps(s[r][3], vm));
-            l[r] = l[r] * alpha + _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)));
+            lsum[r] = _mm512_fmadd_ps(lsum[r], va, _mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)));
             _mm512_store_si512(pbuf[r], (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
             _mm512_store_si512(pbuf[r] + 16, (__m512i)_mm512_cvtne2ps_pbh(p3, p2));
-            __m512 va = _mm512_set1_ps(alpha);
             for (int c = 0; c < D / 16; c++) acc_o[r][c] = _mm512_mul_ps(acc_o[r][c], va);
         }
         const uint32_t *vb = vp + (size_t)(k0 / 2) * D;
@@ -153,7 +173,7 @@ static inline __attribute__((always_inline)) KERNEL void rows_tile(const bf16 *q
         }
     }
     for (int r = 0; r < RB; r++) {
-        __m512 inv = _mm512_set1_ps(1.0f / l[r]);
+        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(lsum[r]));
         for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(o + r * D + 16 * c, _mm512_mul_ps(acc_o[r][c], inv));
     }
 }
