@@ -65,6 +65,10 @@ typedef struct {
 /* 16 floats to 16 bf16 (round to nearest even, like to_bf16 for finite values). */
 static inline KERNEL __m256i cvt16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
 
+static inline KERNEL void prefetch_row(const float *p, int len) {
+    for (int c = 0; c < len; c += 16) _mm_prefetch((const char *)(p + c), _MM_HINT_T0);
+}
+
 static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk, bf16 *qb, uint32_t *kp,
                              uint32_t *vp) {
     const int n = j->n, D = j->d, ld = j->heads * D;
@@ -76,14 +80,19 @@ static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk,
     memset(qb + (size_t)n * D, 0, sizeof(bf16) * (size_t)(np - n) * D);
     memset(kp + (size_t)n / 16 * 16 * D / 2, 0, sizeof(uint32_t) * (size_t)(nk - n / 16 * 16) * D / 2);
     memset(vp + (size_t)(n / 2) * D, 0, sizeof(uint32_t) * (size_t)(nk / 2 - n / 2) * D);
+    /* the rows of one head are ld floats apart (a page or more at SigLIP's width), beyond what the
+     * hardware prefetcher follows: ask for each row PF rows ahead */
+    enum { PF = 8 };
     for (int i = 0; i < n; i++) {
         const float *src = j->q + base + (size_t)i * ld + h * D;
+        if (i + PF < n) prefetch_row(src + (size_t)PF * ld, D);
         for (int c = 0; c < D; c += 16)
             _mm256_storeu_si256((__m256i *)(qb + (size_t)i * D + c), cvt16(_mm512_mul_ps(_mm512_loadu_ps(src + c), qs)));
     }
     uint32_t words[DMAX / 2] __attribute__((aligned(64))); /* one key row as (d, d+1) pairs */
     for (int t = 0; t < n; t++) {
         const float *src = j->k + base + (size_t)t * ld + h * D;
+        if (t + PF < n) prefetch_row(src + (size_t)PF * ld, D);
         for (int c = 0; c < D; c += 16) _mm256_store_si256((__m256i *)(words + c / 2), cvt16(_mm512_loadu_ps(src + c)));
         uint32_t *dst = kp + (size_t)(t / 16) * (D / 2) * 16 + (t % 16);
         for (int dp = 0; dp < D / 2; dp++) dst[dp * 16] = words[dp];
@@ -91,6 +100,7 @@ static KERNEL void pack_head(const job_t *j, size_t base, int h, int np, int nk,
     for (int t = 0; t < n; t += 2) { /* [D] of key t and key t + 1 -> [D] pairs */
         const float *a = j->v + base + (size_t)t * ld + h * D;
         const float *b = t + 1 < n ? a + ld : NULL;
+        if (t + PF + 1 < n) prefetch_row(a + (size_t)PF * ld, D), prefetch_row(a + (size_t)(PF + 1) * ld, D);
         uint32_t *dst = vp + (size_t)(t / 2) * D;
         for (int c = 0; c < D; c += 32) {
             __m512i va = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(a + c + 16), _mm512_loadu_ps(a + c));
