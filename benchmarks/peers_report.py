@@ -26,6 +26,7 @@ def build(command: str, args, model: dict, spec: dict, rows: list[dict], skipped
               "device": device, "load_avg_1m": load_avg, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
               "rows": rows, "skipped": skipped}
     summarise(rows)
+    report["paired"] = paired(rows)
     return report
 
 
@@ -42,6 +43,29 @@ def summarise(rows: list[dict]) -> None:
         row["speedup_vs_torch"] = {
             m: round(base["stats"][m]["median"] / s["median"], 2)
             for m, s in row["stats"].items() if s and base and base["stats"].get(m)}
+
+
+def paired(rows: list[dict], ours: str = "edgevlm") -> list[dict]:
+    """edgevlm's speed-up over every other row, round by round: in round r each peer ran once,
+    back to back, so peer_r / ours_r cancels most of the machine's drift between rounds (it moves
+    every runtime by 10-20% over minutes here). The median of those ratios, with min and max."""
+    out = []
+    for mine in (r for r in rows if r["adapter"] == ours):
+        for other in (r for r in rows if r["adapter"] != ours):
+            for metric in METRICS:
+                pairs = [(a[metric], b[metric]) for a, b in zip(mine["runs"], other["runs"])
+                         if a.get(metric) and b.get(metric)]
+                if pairs:
+                    ratios = sorted(b / a for a, b in pairs)
+                    out.append({"ours": mine["variant"], "peer": f"{other['title']} {other['variant']}",
+                                "metric": metric, "n": len(ratios), "median": round(_median(ratios), 3),
+                                "min": round(ratios[0], 3), "max": round(ratios[-1], 3)})
+    return out
+
+
+def _median(xs: list[float]) -> float:
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def _cell(s: dict | None, digits: int) -> str:
@@ -64,6 +88,11 @@ def markdown(report: dict) -> str:
             cells += [_cell(st[metric], digits), f"{up[metric]:.2f}" if metric in up else ""]
         rss = max((r.get("peak_rss_mb", 0) for r in row["runs"]), default=0)
         lines.append(f"| {row['title']} | {row['variant']} | " + " | ".join(cells) + f" | {rss:.0f} |")
+    if report.get("paired"):
+        lines += ["", "edgevlm's speed-up over each peer, round by round (peer ms / edgevlm ms in the same "
+                      "round; median [min–max] over the rounds):", ""]
+        lines += [f"- edgevlm {p['ours']} vs {p['peer']}, {METRICS[p['metric']]}: {p['median']:.2f}× "
+                  f"[{p['min']:.2f}–{p['max']:.2f}]" for p in report["paired"]]
     if report["skipped"]:
         lines += ["", "Skipped (nothing measured):", ""]
         lines += [f"- {s['title']}{' ' + s['variant'] if s.get('variant') else ''}: {s['reason']}"

@@ -61,6 +61,20 @@ def test_smoke_measures_torch_and_edgevlm(smoke):
     assert (w["new_tokens"], w["repeat"], w["batch"]) == (4, 2, 1)
 
 
+def test_smoke_pairs_edgevlm_with_each_peer_round_by_round(smoke):
+    tmp, _, report = smoke
+    rows = {r["adapter"]: r for r in report["rows"]}
+    got = {(p["peer"], p["metric"]): p for p in report["paired"] if p["ours"] == rows["edgevlm"]["variant"]}
+    torch = f"{rows['torch']['title']} {rows['torch']['variant']}"
+    for metric in ("prefill_ms", "decode_ms_per_token", "vision_ms_per_tile"):
+        ratios = sorted(t[metric] / e[metric] for e, t in zip(rows["edgevlm"]["runs"], rows["torch"]["runs"]))
+        p = got[(torch, metric)]
+        assert p["n"] == 2 and p["min"] == round(ratios[0], 3) and p["max"] == round(ratios[-1], 3)
+        assert p["median"] == round((ratios[0] + ratios[1]) / 2, 3)
+    md = (tmp / "out" / "peers_smoke.md").read_text()
+    assert "round by round" in md and f"vs {torch}, vision ms/tile" in md
+
+
 def test_smoke_lists_absent_peers_as_skipped(smoke):
     tmp, done, report = smoke
     measured = {r["adapter"] for r in report["rows"]}
