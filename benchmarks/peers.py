@@ -118,9 +118,10 @@ def _measure(peers: list[Peer], args, spec_path: Path, skipped: list) -> list[Pe
             _skip(skipped, peer.title, peer.variant, answer["reason"])
     for r in range(args.repeat):  # round-robin, starting one peer later each round
         for peer in peers[r % max(len(peers), 1):] + peers[:r % max(len(peers), 1)]:
-            if peer.reason is None:
-                time.sleep(args.settle)
-            answer = peer.ask(args.timeout) if peer.reason is None else {"ok": True}
+            if peer.reason is not None:  # failed in an earlier round: not asked again
+                continue
+            time.sleep(args.settle)
+            answer = peer.ask(args.timeout)
             if not answer.pop("ok"):  # one failure voids the peer's earlier runs too: no partial numbers
                 peer.reason, peer.runs = f"failed in repeat {r + 1}: {answer['reason']}", []
             elif answer:

@@ -56,16 +56,9 @@ def paired(rows: list[dict], ours: str = "edgevlm") -> list[dict]:
                 pairs = [(a[metric], b[metric]) for a, b in zip(mine["runs"], other["runs"])
                          if a.get(metric) and b.get(metric)]
                 if pairs:
-                    ratios = sorted(b / a for a, b in pairs)
                     out.append({"ours": mine["variant"], "peer": f"{other['title']} {other['variant']}",
-                                "metric": metric, "n": len(ratios), "median": round(_median(ratios), 3),
-                                "min": round(ratios[0], 3), "max": round(ratios[-1], 3)})
+                                "metric": metric, "n": len(pairs), **_stats([b / a for a, b in pairs])})
     return out
-
-
-def _median(xs: list[float]) -> float:
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def _cell(s: dict | None, digits: int) -> str:

@@ -28,7 +28,7 @@ typedef uint16_t bf16;
 /* Only the kernel is compiled for AVX-512: the entry point must run (and refuse) on any x86-64. */
 #define KERNEL __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
-/* 2^x for x <= 0 (x = -inf gives 0): x = n + f, f in [0, 1), 2^f by a degree-3 polynomial
+/* 2^x for x <= 0 (x below -127, -inf included, gives 2^-127: nothing beside a real term): x = n + f, f in [0, 1), 2^f by a degree-3 polynomial
  * (max relative error 7.6e-5, fitted for this kernel; the probabilities are then rounded to bf16,
  * whose step is 3.9e-3, so more terms would not change the result). */
 static inline KERNEL __m512 exp2_neg(__m512 x) {
@@ -62,7 +62,7 @@ typedef struct {
     int failed; /* set when the work buffers cannot be allocated */
 } job_t;
 
-/* 16 floats to 16 bf16 (round to nearest even, like to_bf16 for finite values). */
+/* 16 floats to 16 bf16, rounded to nearest even. */
 static inline KERNEL __m256i cvt16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
 
 static inline KERNEL void prefetch_row(const float *p, int len) {
@@ -158,7 +158,7 @@ static inline __attribute__((always_inline)) KERNEL void rows_tile(const bf16 *q
             bm[r] = _mm512_max_ps(_mm512_max_ps(s[r][0], s[r][1]), _mm512_max_ps(s[r][2], s[r][3]));
         /* every block has a real key (blocks start below n), so the new maxima are finite */
         const __m512 mn = _mm512_max_ps(m, max4(bm[0], bm[1], bm[2], bm[3]));
-        const __m512 alpha = exp2_neg(_mm512_sub_ps(m, mn)); /* rescales what came before; 0 at first */
+        const __m512 alpha = exp2_neg(_mm512_sub_ps(m, mn)); /* rescales what came before; ~2^-127 at first, when there is nothing */
         m = mn;
         for (int r = 0; r < RB; r++) {
             const __m512i lane = _mm512_set1_epi32(4 * r);
