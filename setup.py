@@ -18,6 +18,15 @@ ATTENTION = Extension(
     extra_link_args=["-lpthread", "-lm"],
     optional=True,
 )
+# The int8 vision MLP kernel (edgevlm/runtime/mlp_kernel.py), the same way: ctypes, optional,
+# AVX-512 VNNI only inside the kernel functions.
+MLP = Extension(
+    "edgevlm.runtime._mlp_int8",
+    sources=["kernels/csrc/mlp_int8.c"],
+    extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
+    extra_link_args=["-lpthread"],
+    optional=True,
+)
 
 RUNTIME = [
     "numpy>=1.24",
@@ -56,7 +65,7 @@ setup(
         "edgevlm.benchmarks": "benchmarks",
     },
     package_data={"edgevlm": ["assets/default/*", "assets/samples/*"]},
-    ext_modules=[ATTENTION],
+    ext_modules=[ATTENTION, MLP],
     install_requires=RUNTIME,
     extras_require={"export": TORCH_SIDE, "train": TORCH_SIDE, "bench": BENCH, "dev": DEV},
     entry_points={"console_scripts": ["edgevlm=edgevlm.cli:main"]},

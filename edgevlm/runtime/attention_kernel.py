@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.machinery
-from pathlib import Path
 
 import numpy as np
+
+from edgevlm.runtime.native import load_library
 
 HEAD_DIMS = (32, 64)  # the head sizes the kernel is built for
 _NAME = "_attention_bf16"
@@ -29,23 +29,16 @@ class AttentionError(ValueError):
     """The kernel was handed tensors it cannot run (a corrupt split graph) or could not run them."""
 
 
-@functools.lru_cache(maxsize=1)
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    here = Path(__file__).parent
-    found = [here / (_NAME + s) for s in importlib.machinery.EXTENSION_SUFFIXES if (here / (_NAME + s)).is_file()]
-    if not found:
-        return None, "the bf16 attention library was not built (no C compiler when edgevlm was installed)"
-    try:
-        lib = ctypes.CDLL(str(found[0]))
-    except OSError as exc:
-        return None, f"the bf16 attention library does not load ({str(exc)[:120]})"
+def _declare(lib: ctypes.CDLL) -> None:
     f32 = ctypes.POINTER(ctypes.c_float)
     lib.edgevlm_attention_bf16.argtypes = [f32, f32, f32, f32] + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int]
     lib.edgevlm_attention_bf16.restype = ctypes.c_int
-    lib.edgevlm_attention_bf16_supported.restype = ctypes.c_int
-    if not lib.edgevlm_attention_bf16_supported():
-        return None, "this CPU lacks AVX-512 BF16"
-    return lib, "ok"
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    return load_library(_NAME, "bf16 attention", _declare, "edgevlm_attention_bf16_supported",
+                        "this CPU lacks AVX-512 BF16")
 
 
 def available() -> tuple[bool, str]:

@@ -1,0 +1,159 @@
+"""Our int8 vision MLP kernel (kernels/csrc/mlp_int8.c), loaded with ctypes, and its numpy
+reference.
+
+out = residual + fc2(gelu_tanh(fc1(x))) with int8 weights (the bundle's per-channel ones) and
+uint8 activations quantized per row, in one call: ONNX Runtime runs the same as four ops with the
+[N, 3072] fp32 activation going through memory between them.
+
+Like the attention kernel, the library is an optional extension: `available()` says why it cannot
+run here, and callers then run the whole vision graph on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgevlm.runtime.native import load_library
+
+_NAME = "_mlp_int8"
+
+
+class MLPError(ValueError):
+    """The kernel was handed tensors it cannot run, or could not run them."""
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    f32, i8, i32 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_int8, ctypes.c_int32))
+    lib.edgevlm_mlp_int8.argtypes = ([f32, f32, f32] + [ctypes.c_int] * 4 + [i8, i32, f32, f32] * 2
+                                     + [ctypes.c_int])
+    lib.edgevlm_mlp_int8.restype = ctypes.c_int
+    lib.edgevlm_mlp_int8_panel.restype = ctypes.c_int
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    return load_library(_NAME, "int8 MLP", _declare, "edgevlm_mlp_int8_supported", "this CPU lacks AVX-512 VNNI")
+
+
+def available() -> tuple[bool, str]:
+    """(whether the kernel runs here, why not)."""
+    lib, why = _load()
+    return lib is not None, why
+
+
+def panel() -> int:
+    """The kernel's weight panel width (output channels per panel); 64 where it is not built."""
+    lib, _ = _load()
+    return int(lib.edgevlm_mlp_int8_panel()) if lib is not None else 64
+
+
+def _up(v: int, to: int) -> int:
+    return -(-v // to) * to
+
+
+def _aligned_int8(size: int) -> np.ndarray:
+    """A zeroed int8 array whose data starts on a 64-byte boundary (the kernel's aligned loads)."""
+    raw = np.zeros(size + 64, np.int8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + size]
+
+
+@dataclass(frozen=True)
+class PackedLinear:
+    """One int8 linear layer in the kernel's layout: w [Np/64][Kp/4][64][4] int8, and per output
+    channel (zero past n) the column sums of w, the weight scales and the bias."""
+    w: np.ndarray
+    colsum: np.ndarray  # [Np] int32
+    scale: np.ndarray  # [Np] float32
+    bias: np.ndarray  # [Np] float32
+    k: int
+    n: int
+    q8: np.ndarray  # [K, N] int8, as given (the reference's)
+
+
+def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple: int = 4) -> PackedLinear:
+    """q8 [K, N] int8 (symmetric, per output channel), scale [N], bias [N] -> PackedLinear. K is
+    padded with zero rows to a multiple of k_multiple: 4 for fc1, 64 for fc2 (whose K is fc1's
+    padded N)."""
+    k, n = q8.shape
+    if scale.shape != (n,) or bias.shape != (n,) or q8.dtype != np.int8:
+        raise MLPError(f"an int8 linear needs q8 [K, N] int8 with scale and bias [N], got {q8.shape} "
+                       f"{q8.dtype}, {scale.shape}, {bias.shape}")
+    nr = panel()
+    kp, np_ = _up(k, k_multiple), _up(n, nr)
+    full = np.zeros((kp, np_), np.int8)
+    full[:k, :n] = q8
+    w = _aligned_int8(kp * np_)
+    # [Kp, Np] -> [Kp/4, 4, Np/64, 64] -> [Np/64, Kp/4, 64, 4]: per panel, 4 k of a channel per word
+    w.reshape(np_ // nr, kp // 4, nr, 4)[:] = full.reshape(kp // 4, 4, np_ // nr, nr).transpose(2, 0, 3, 1)
+    pad = np.zeros(np_, np.float32)
+    colsum = np.zeros(np_, np.int32)
+    colsum[:n] = q8.astype(np.int32).sum(axis=0)
+    s, b = pad.copy(), pad.copy()
+    s[:n], b[:n] = scale, bias
+    return PackedLinear(w, colsum, s, b, k, n, q8)
+
+
+def _check(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear):
+    if (x.ndim < 2 or x.shape[-1] != fc1.k or fc2.k != fc1.n or res.shape != x.shape[:-1] + (fc2.n,)
+            or x.dtype != np.float32 or res.dtype != np.float32):
+        raise MLPError(f"MLP inputs must be float32 x [..., {fc1.k}] and residual [..., {fc2.n}] alike, got "
+                       f"{x.shape} {x.dtype}, {res.shape} {res.dtype} (fc2 reads {fc2.k}, fc1 gives {fc1.n})")
+
+
+def mlp_int8(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear, threads: int,
+             into_res: bool = False) -> np.ndarray:
+    """residual + fc2(gelu_tanh(fc1(x))) over the last axis. into_res: write over res (a
+    contiguous float32 array the caller no longer needs). Raises MLPError on shapes it cannot run
+    or a failed run, RuntimeError where the kernel is not available (check `available()`)."""
+    x, res = np.ascontiguousarray(x), np.ascontiguousarray(res)
+    _check(x, res, fc1, fc2)
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(why)
+    out = res if into_res and res.flags.writeable else np.empty_like(res)
+    m = int(np.prod(x.shape[:-1]))
+
+    def p(a, t):
+        return a.ctypes.data_as(ctypes.POINTER(t))
+
+    f32, i8, i32 = ctypes.c_float, ctypes.c_int8, ctypes.c_int32
+    rc = lib.edgevlm_mlp_int8(p(x, f32), p(res, f32), p(out, f32), m, fc1.k, fc1.n, fc2.n,
+                              p(fc1.w, i8), p(fc1.colsum, i32), p(fc1.scale, f32), p(fc1.bias, f32),
+                              p(fc2.w, i8), p(fc2.colsum, i32), p(fc2.scale, f32), p(fc2.bias, f32), int(threads))
+    if rc != 0:
+        raise MLPError(f"int8 MLP failed on shape {x.shape} (out of memory or unsupported size)")
+    return out
+
+
+def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [M, K] -> (q [M, K] uint8, scale [M], zero [M]): per row, asymmetric, range holding 0."""
+    lo, hi = np.minimum(x.min(axis=1), 0), np.maximum(x.max(axis=1), 0)
+    scale = ((hi - lo) / np.float32(255)).astype(np.float32)
+    scale[~(scale > 0)] = 1
+    zero = np.clip(np.rint(-lo / scale), 0, 255)
+    q = np.clip(np.rint(x * (np.float32(1) / scale)[:, None]) + zero[:, None], 0, 255)
+    return q.astype(np.uint8), scale, zero.astype(np.int64)
+
+
+def gelu_tanh(v: np.ndarray) -> np.ndarray:
+    return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+
+
+def _linear(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, layer: PackedLinear) -> np.ndarray:
+    acc = q.astype(np.int64) @ layer.q8.astype(np.int64) - zero[:, None] * layer.q8.astype(np.int64).sum(axis=0)
+    return acc * (scale.astype(np.float64)[:, None] * layer.scale[:layer.n]) + layer.bias[:layer.n]
+
+
+def mlp_reference(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear) -> np.ndarray:
+    """The kernel's arithmetic in numpy: the same per-row quantization, exact integer products,
+    exact GELU (the kernel's is a polynomial within 1e-4). The kernel's oracle."""
+    _check(x, res, fc1, fc2)
+    rows = x.reshape(-1, fc1.k)
+    h = gelu_tanh(_linear(*quantize_rows(rows), fc1)).astype(np.float32)
+    y = _linear(*quantize_rows(h), fc2)
+    return (res.reshape(-1, fc2.n) + y).astype(np.float32).reshape(res.shape)

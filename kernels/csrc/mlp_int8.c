@@ -1,0 +1,271 @@
+/* The vision tower's MLP, out = residual + fc2(gelu_tanh(fc1(x))), in int8 with int32
+ * accumulation (AVX-512 VNNI), all in one call.
+ *
+ * Why: ONNX Runtime runs it as four ops (DynamicQuantizeMatMul, FastGelu, DynamicQuantizeLinear,
+ * DynamicQuantizeMatMul), and between them the [N, 3072] fp32 activation makes three round trips
+ * through memory (12.6 MB each at SigLIP's shape). Here a block of rows goes fc1 -> GELU ->
+ * quantize -> fc2 while it sits in L2.
+ *
+ * Quantization: weights int8, symmetric, one scale per output channel (the bundle's own); the two
+ * activations (x and the GELU output) uint8, asymmetric, one scale and zero point per row (finer
+ * than ONNX Runtime's one per tensor, and what lets a row block be finished alone).
+ *   y[i, j] = sa[i] * sw[j] * (sum_k qa[i, k] * qw[k, j] - za[i] * colsum_w[j]) + bias[j]
+ *
+ * Layouts:
+ *   x [M, K1], residual and out [M, N2]     fp32 row-major (out may be the residual itself)
+ *   w packed [Np/64][Kp/4][64][4] int8      64 output channels per panel; each 32-bit word holds
+ *                                           4 consecutive k of one channel (vpdpbusd's operand)
+ *   colsum [Np] int32, scale [Np], bias [Np] fp32, zero past the real N
+ *   fc1: Kp = K1 rounded up to 4, Np = N1 rounded up to 64; fc2: Kp = that Np, Np = N2 up to 64.
+ */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef MR
+#define MR 8 /* rows per micro tile */
+#endif
+#ifndef NV
+#define NV 2 /* 16-channel vectors per micro tile */
+#endif
+#define NR (16 * NV) /* output channels per micro tile and weight panel */
+#ifndef MB
+#define MB 48 /* rows per work item: its fc1 output (48 x 3072 fp32, 590 KB) stays in L2 */
+#endif
+
+#define KERNEL __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
+
+typedef struct {
+    const int8_t *w;
+    const int32_t *colsum;
+    const float *scale, *bias;
+    int k, n, kp, np; /* real and padded sizes */
+} layer_t;
+
+typedef struct {
+    const float *x, *res;
+    float *out;
+    int m;
+    layer_t fc1, fc2;
+    int items, *next, failed;
+} job_t;
+
+/* acc[r][c] = sum over k of a[r][k] * w[k][c], r < MR, c < NR, k < kp (a multiple of 4). The
+ * accumulators are named variables: as an array, GCC keeps them on the stack. */
+#if NV == 2
+#define ZERO(r) __m512i c##r##0 = z, c##r##1 = z;
+#define ROW(r)                                                                \
+    av = _mm512_set1_epi32(*(const int32_t *)(a + (size_t)(r) * lda + k));      \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, b0), c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, b1);
+#define STORE(r) _mm512_store_si512(acc + NR * (r), c##r##0), _mm512_store_si512(acc + NR * (r) + 16, c##r##1);
+#define LOADB const __m512i b0 = _mm512_load_si512(w), b1 = _mm512_load_si512(w + 64);
+#else
+#define ZERO(r) __m512i c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z;
+#define ROW(r)                                                                                   \
+    av = _mm512_set1_epi32(*(const int32_t *)(a + (size_t)(r) * lda + k));                         \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, b0), c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, b1); \
+    c##r##2 = _mm512_dpbusd_epi32(c##r##2, av, b2), c##r##3 = _mm512_dpbusd_epi32(c##r##3, av, b3);
+#define STORE(r)                                                                                  \
+    _mm512_store_si512(acc + NR * (r), c##r##0), _mm512_store_si512(acc + NR * (r) + 16, c##r##1); \
+    _mm512_store_si512(acc + NR * (r) + 32, c##r##2), _mm512_store_si512(acc + NR * (r) + 48, c##r##3);
+#define LOADB const __m512i b0 = _mm512_load_si512(w), b1 = _mm512_load_si512(w + 64), \
+    b2 = _mm512_load_si512(w + 128), b3 = _mm512_load_si512(w + 192);
+#endif
+#if MR == 8
+#define EACH(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7)
+#elif MR == 6
+#define EACH(F) F(0) F(1) F(2) F(3) F(4) F(5)
+#else
+#define EACH(F) F(0) F(1) F(2) F(3)
+#endif
+static inline KERNEL void micro(const uint8_t *a, int lda, const int8_t *w, int kp, int32_t *acc) {
+    const __m512i z = _mm512_setzero_si512();
+    EACH(ZERO)
+    for (int k = 0; k < kp; k += 4, w += NR * 4) {
+        LOADB
+        __m512i av;
+        EACH(ROW)
+    }
+    EACH(STORE)
+}
+
+/* 2^x, x clamped to [-126, 126]: x = n + f, 2^f by a degree-3 polynomial (rel. error 7.6e-5; the
+ * GELU output is quantized to 8 bit right after, a step of 1/255 of its row's range). */
+static inline KERNEL __m512 exp2_poly(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-126.0f)), _mm512_set1_ps(126.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(7.8030035e-2f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.2607303e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9582373e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9992681e-1f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* gelu_tanh(v) = 0.5 v (1 + tanh(u)) = v / (1 + e^(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3) */
+static inline KERNEL __m512 gelu_tanh(__m512 v) {
+    const float c0 = 0.7978845608028654f, c1 = 0.044715f * 0.7978845608028654f;
+    __m512 v2 = _mm512_mul_ps(v, v);
+    __m512 u = _mm512_mul_ps(v, _mm512_fmadd_ps(v2, _mm512_set1_ps(c1), _mm512_set1_ps(c0)));
+    __m512 t = exp2_poly(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f * 1.4426950408889634f)));
+    return _mm512_mul_ps(v, _mm512_rcp14_ps(_mm512_add_ps(t, _mm512_set1_ps(1.0f))));
+}
+
+/* One row of n floats to uint8 with its own scale and zero point (the range always holds 0, as
+ * ONNX's DynamicQuantizeLinear: zero stays exact). Columns n..kp of q are set to 0. */
+static KERNEL void quantize_row(const float *x, int n, int kp, uint8_t *q, float *scale, int *zero) {
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 v = _mm512_loadu_ps(x + j);
+        lo = _mm512_min_ps(lo, v), hi = _mm512_max_ps(hi, v);
+    }
+    const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+    if (tail) {
+        __m512 v = _mm512_maskz_loadu_ps(tail, x + j);
+        lo = _mm512_min_ps(lo, v), hi = _mm512_max_ps(hi, v);
+    }
+    float mn = _mm512_reduce_min_ps(lo), mx = _mm512_reduce_max_ps(hi);
+    float s = (mx - mn) / 255.0f;
+    if (!(s > 0.0f)) s = 1.0f; /* an all-zero row (or NaN: garbage in, garbage out, no crash) */
+    float zf = __builtin_nearbyintf(-mn / s);
+    int z = zf < 0 ? 0 : zf > 255 ? 255 : (int)zf;
+    *scale = s, *zero = z;
+    const __m512 inv = _mm512_set1_ps(1.0f / s);
+    const __m512i zv = _mm512_set1_epi32(z), zero_i = _mm512_setzero_si512();
+    for (j = 0; j + 16 <= n; j += 16) {
+        __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), inv)), zv);
+        _mm_storeu_si128((__m128i *)(q + j), _mm512_cvtusepi32_epi8(_mm512_max_epi32(qi, zero_i)));
+    }
+    if (tail) {
+        __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + j), inv)), zv);
+        _mm512_mask_cvtusepi32_storeu_epi8(q + j, tail, _mm512_max_epi32(qi, zero_i));
+        j += 16;
+    }
+    if (n < kp) memset(q + n, 0, (size_t)(kp - n));
+}
+
+/* The real-valued product of one micro tile, vector c of row r: (acc - za * colsum) * sa * sw + bias */
+static inline KERNEL __m512 dequant(const int32_t *acc, const layer_t *l, int j, float sa, int za) {
+    __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(acc), _mm512_mullo_epi32(_mm512_set1_epi32(za),
+                                                                             _mm512_loadu_si512(l->colsum + j))));
+    return _mm512_fmadd_ps(f, _mm512_mul_ps(_mm512_set1_ps(sa), _mm512_loadu_ps(l->scale + j)),
+                           _mm512_loadu_ps(l->bias + j));
+}
+
+typedef struct {
+    uint8_t *qa, *qh; /* [MB][fc1.kp], [MB][fc2.kp] */
+    float *h;         /* [MB][fc1.np] */
+} buffers_t;
+
+static KERNEL void row_block(const job_t *j, int r0, const buffers_t *b) {
+    const layer_t *f1 = &j->fc1, *f2 = &j->fc2;
+    const int rows = j->m - r0 < MB ? j->m - r0 : MB, tiles = (rows + MR - 1) / MR;
+    float sa[MB], sh[MB];
+    int za[MB], zh[MB];
+    int32_t acc[MR * NR] __attribute__((aligned(64)));
+    for (int r = 0; r < tiles * MR; r++) {
+        if (r < rows) {
+            quantize_row(j->x + (size_t)(r0 + r) * f1->k, f1->k, f1->kp, b->qa + (size_t)r * f1->kp, &sa[r], &za[r]);
+        } else { /* padding rows of the last tile: computed, never written out */
+            memset(b->qa + (size_t)r * f1->kp, 0, (size_t)f1->kp);
+            sa[r] = 0.0f, za[r] = 0;
+        }
+    }
+    /* fc1 + GELU -> h: each 64-channel weight panel is reused by every tile of the block */
+    for (int p = 0; p < f1->np; p += NR) {
+        const int8_t *w = f1->w + (size_t)p * f1->kp;
+        for (int t = 0; t < tiles; t++) {
+            micro(b->qa + (size_t)t * MR * f1->kp, f1->kp, w, f1->kp, acc);
+            for (int r = 0; r < MR; r++) {
+                float *h = b->h + (size_t)(t * MR + r) * f1->np + p;
+                for (int c = 0; c < NV; c++)
+                    _mm512_storeu_ps(h + 16 * c, gelu_tanh(dequant(acc + r * NR + 16 * c, f1, p + 16 * c, sa[t * MR + r],
+                                                                    za[t * MR + r])));
+            }
+        }
+    }
+    for (int r = 0; r < tiles * MR; r++)
+        quantize_row(b->h + (size_t)r * f1->np, f1->n, f2->kp, b->qh + (size_t)r * f2->kp, &sh[r], &zh[r]);
+    /* fc2 + residual -> out */
+    for (int p = 0; p < f2->np; p += NR) {
+        const int8_t *w = f2->w + (size_t)p * f2->kp;
+        for (int t = 0; t < tiles; t++) {
+            micro(b->qh + (size_t)t * MR * f2->kp, f2->kp, w, f2->kp, acc);
+            for (int r = 0; r < MR && t * MR + r < rows; r++) {
+                const size_t row = (size_t)(r0 + t * MR + r) * f2->n;
+                for (int c = 0; c < NV; c++) {
+                    const int col = p + 16 * c;
+                    if (col >= f2->n) break;
+                    const __mmask16 m = f2->n - col >= 16 ? 0xFFFF : (__mmask16)((1u << (f2->n - col)) - 1);
+                    __m512 y = dequant(acc + r * NR + 16 * c, f2, col, sh[t * MR + r], zh[t * MR + r]);
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, j->res + row + col));
+                    _mm512_mask_storeu_ps(j->out + row + col, m, y);
+                }
+            }
+        }
+    }
+}
+
+static void *run_blocks(void *arg) {
+    job_t *j = (job_t *)arg;
+    buffers_t b;
+    b.qa = aligned_alloc(64, (size_t)MB * j->fc1.kp + 64);
+    b.qh = aligned_alloc(64, (size_t)MB * j->fc2.kp + 64);
+    b.h = aligned_alloc(64, sizeof(float) * (size_t)MB * j->fc1.np);
+    if (!b.qa || !b.qh || !b.h) {
+        j->failed = 1;
+    } else {
+        /* blocks taken one at a time: a thread that loses its core leaves its share to the others */
+        for (int w; (w = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED)) < j->items;) row_block(j, w * MB, &b);
+    }
+    free(b.qa), free(b.qh), free(b.h);
+    return NULL;
+}
+
+/* 1 when this CPU runs the kernel (AVX-512 F/BW/VL/DQ and VNNI). */
+int edgevlm_mlp_int8_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+/* The weight panel's width: pack_linear's layout must use the same. */
+int edgevlm_mlp_int8_panel(void) { return NR; }
+
+static int padded(int v, int to) { return (v + to - 1) / to * to; }
+
+/* x [m, k1], res and out [m, n2] fp32 (out may equal res); w1/w2 packed as above with their
+ * colsum/scale/bias; k1 real inputs, n1 hidden channels, n2 outputs. The weight pointers must be
+ * 64-byte aligned. Returns 0, or -1 on sizes out of range, no memory or a CPU without the ISA. */
+int edgevlm_mlp_int8(const float *x, const float *res, float *out, int m, int k1, int n1, int n2, const int8_t *w1,
+                     const int32_t *cs1, const float *s1, const float *b1, const int8_t *w2, const int32_t *cs2,
+                     const float *s2, const float *b2, int threads) {
+    if (m <= 0 || k1 <= 0 || n1 <= 0 || n2 <= 0 || k1 > (1 << 16) || n1 > (1 << 16) || n2 > (1 << 16) ||
+        m > (1 << 24) || ((uintptr_t)w1 | (uintptr_t)w2) % 64)
+        return -1;
+    if (!edgevlm_mlp_int8_supported()) return -1;
+    const int items = (m + MB - 1) / MB;
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    if (threads > items) threads = items;
+    int next = 0;
+    job_t jobs[64];
+    const layer_t fc1 = {w1, cs1, s1, b1, k1, n1, padded(k1, 4), padded(n1, NR)};
+    const layer_t fc2 = {w2, cs2, s2, b2, n1, n2, padded(n1, NR), padded(n2, NR)};
+    for (int t = 0; t < threads; t++) jobs[t] = (job_t){x, res, out, m, fc1, fc2, items, &next, 0};
+    pthread_t tid[64];
+    char started[64] = {0};
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_blocks, &jobs[t]) == 0;
+    run_blocks(&jobs[0]);
+    int failed = jobs[0].failed;
+    for (int t = 1; t < threads; t++)
+        if (started[t]) {
+            pthread_join(tid[t], NULL);
+            failed |= jobs[t].failed;
+        }
+    return failed ? -1 : 0;
+}
