@@ -44,7 +44,7 @@ def write_manifest(out: Path, *, architecture: str, config: dict, preprocess: di
             graphs[name]["split"] = split[name]
     files = sorted([f"{g}.onnx" for g in GRAPHS] + ["tokenizer.json"] + list((ort_graphs or {}).values())
                    + ([ops_config] if ops_config else []) + list(data_files)
-                   + [p for entry in (split or {}).values() for p in entry["parts"]])
+                   + [p for entry in (split or {}).values() for p in entry["parts"] + [entry.get("weights")] if p])
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -94,9 +94,11 @@ def export_bundle(model: VLM, tokenizer: Tokenizer, out: Path, *, preprocess: di
                                         external_min_bytes, always=("vision_encoder",) if split else ())
         data_files += [spec["file"] for spec in packed.values()]
         if split:  # after externalizing: the parts keep the graph's data-file references
-            split = split_graph(work / "vision_encoder.onnx", model.cfg.vision.hidden_size)
+            vision_packed = packed.get("vision_encoder")
+            split = split_graph(work / "vision_encoder.onnx", model.cfg.vision.hidden_size,
+                                {t["name"] for t in vision_packed["tensors"]} if vision_packed else set())
             validation["vision_encoder"]["split"] = check_split(
-                work / "vision_encoder.onnx", split, model.cfg.vision.image_size)
+                work / "vision_encoder.onnx", split, model.cfg.vision.image_size, packed=vision_packed)
         tokenizer.save(str(work / "tokenizer.json"))
         ort_graphs = ops_config = None
         if model_format == "ort":

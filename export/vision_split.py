@@ -21,9 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.export.vision_mlp import find_mlps
+from edgevlm.runtime.vision_split import stage_inputs
 
 MHA = ("com.microsoft", "MultiHeadAttention")
 HEAD_DIMS = (32, 64)  # the kernel's head sizes
@@ -57,32 +59,38 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return known
 
 
-def split_graph(path: Path, width: int) -> dict:
+def split_graph(path: Path, width: int, packed: set[str] = frozenset()) -> dict:
     """Write the parts of `path` beside it and return the manifest entry
-    {"parts": [file, ...], "attention": [{q, k, v, out, num_heads, scale}, ...]}: part i runs,
-    then attention i, then part i+1. width: the attention's hidden size (heads * head_dim)."""
+    {"parts": [file, ...], "stages": [stage, ...]}: part i runs, then stage i, then part i+1.
+    A stage is an attention node {"kind": "attention", q, k, v, out, num_heads, scale} or, where
+    its weights are among `packed` (4-bit packed names), an MLP (export/vision_mlp.py) whose
+    biases go to GRAPH.mlp.data (then listed as "weights"). width: the attention's hidden size."""
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)  # weights stay where they are
     graph = model.graph
-    cuts = [i for i, n in enumerate(graph.node) if (n.domain, n.op_type) == MHA]
-    attention = [_attention_spec(graph.node[i], width) for i in cuts]
-    if not cuts or any(width % a["num_heads"] or width // a["num_heads"] not in HEAD_DIMS for a in attention):
+    heads = [i for i, n in enumerate(graph.node) if (n.domain, n.op_type) == MHA]
+    attention = [dict(kind="attention", **_attention_spec(graph.node[i], width)) for i in heads]
+    if not heads or any(width % a["num_heads"] or width // a["num_heads"] not in HEAD_DIMS for a in attention):
         raise EdgeVLMError(f"{path.name}: no MultiHeadAttention with heads of {' or '.join(map(str, HEAD_DIMS))} "
                            "to cut at")
-    bounds = [-1] + cuts + [len(graph.node)]
-    segments = [list(graph.node[a + 1:b]) for a, b in zip(bounds, bounds[1:])]
+    # (first node, last node, stage), in graph order
+    cuts = sorted([(i, i, a) for i, a in zip(heads, attention)] + find_mlps(graph, set(packed)),
+                  key=lambda c: c[0])
+    stages = [c[2] for c in cuts]
+    bounds = [(-1, -1)] + [(a, b) for a, b, _ in cuts] + [(len(graph.node), len(graph.node))]
+    segments = [list(graph.node[prev[1] + 1:nxt[0]]) for prev, nxt in zip(bounds, bounds[1:])]
     types = _types(model)
     inits = {t.name: t for t in graph.initializer}
     graph_inputs = {v.name: v for v in graph.input}
     graph_outputs = {v.name: v for v in graph.output}
-    # what each later stage reads: the parts after it, the attention nodes after it, the graph outputs
+    # what each later stage reads: the parts after it, the stages after it, the graph outputs
     later_needs: list[set[str]] = []
     for s in range(len(segments)):
         need = set(graph_outputs)
         for seg in segments[s + 1:]:
             need.update(x for n in seg for x in n.input)
-        for spec in attention[s:]:
-            need.update((spec["q"], spec["k"], spec["v"]))
+        for spec in stages[s:]:
+            need.update(stage_inputs(spec))
         later_needs.append(need)
     files = []
     for s, nodes in enumerate(segments):
@@ -105,7 +113,29 @@ def split_graph(path: Path, width: int) -> dict:
         name = part_name(path.name, s)
         onnx.save(part_model, str(path.parent / name))
         files.append(name)
-    return {"parts": files, "attention": attention}
+    entry = {"parts": files, "stages": stages}
+    if any(st["kind"] == "mlp" for st in stages):
+        entry["weights"] = _write_biases(path, inits, stages)
+    return entry
+
+
+def _write_biases(path: Path, inits: dict, stages: list[dict]) -> str:
+    """Write the MLP stages' biases (float32, end to end) to GRAPH.mlp.data and put each one's
+    offset and length in its stage in place of the initializer's name. Returns the file name."""
+    import numpy as np
+
+    name = path.name.replace(".onnx", ".mlp.data")
+    offset = 0
+    with open(path.parent / name, "wb") as f:
+        for stage in stages:
+            for fc in (stage.get("fc1"), stage.get("fc2")):
+                if fc is None:
+                    continue
+                bias = numpy_helper.to_array(inits[fc.pop("bias")], base_dir=str(path.parent)).astype(np.float32)
+                f.write(bias.tobytes())
+                fc.update(bias_offset=offset, n=int(bias.size))
+                offset += bias.nbytes
+    return name
 
 
 def _session(source, threads: int = 0):
@@ -141,22 +171,50 @@ def ort_attention(threads: int = 0):
     return attend
 
 
-def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0) -> dict:
+def ort_mlps(graph: Path, packed: set[str], stages: list[dict], threads: int = 0):
+    """mlp(i, x, residual, free) on ONNX Runtime: each MLP stage's own nodes from the whole graph,
+    run as a graph of their own (the cut check's reference: the whole graph's arithmetic)."""
+    model = onnx.load(str(graph), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    sessions = {}
+    for first, last, stage in find_mlps(model.graph, packed):
+        nodes = list(model.graph.node[first:last + 1])
+        used = dict.fromkeys(x for n in nodes for x in n.input if x in inits)
+        tensors = [numpy_helper.from_array(numpy_helper.to_array(inits[x], base_dir=str(graph.parent)), x) for x in used]
+        io = [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in (stage["x"], stage["residual"], stage["out"])]
+        mini = helper.make_model(helper.make_graph(nodes, "mlp", io[:2], io[2:], tensors),
+                                 opset_imports=model.opset_import, ir_version=model.ir_version)
+        sessions[stage["out"]] = _session(mini.SerializeToString(), threads)
+
+    def mlp(i, x, res, free):
+        stage = stages[i]
+        return sessions[stage["out"]].run(None, {stage["x"]: x, stage["residual"]: res})[0]
+
+    return mlp
+
+
+def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0, packed: dict | None = None) -> dict:
     """Run the parts against the whole graph on one random tile: with ONNX Runtime's attention
-    between them they must agree exactly (the cut itself changes nothing); with the bf16 kernel,
-    where this CPU has it, the error is measured. Returns the manifest's validation entry."""
+    and MLP nodes between them they must agree (the cut itself changes nothing); with our kernels,
+    where this CPU has them, the error is measured. packed: the graph's packed_weights entry (the
+    MLP kernel's weights). Returns the manifest's validation entry."""
     import numpy as np
 
-    from edgevlm.runtime.attention_kernel import attention_bf16, available
+    from edgevlm.runtime import attention_kernel, mlp_kernel
+    from edgevlm.runtime.mlp_weights import mlp_layers
     from edgevlm.runtime.vision_split import SplitVision
 
     def session(p):
         return _session(str(p), threads)
 
+    stages = spec["stages"]
+    names = {t["name"] for t in packed["tensors"]} if packed else set()
     pixels = np.random.default_rng(0).uniform(-1, 1, (1, 3, tile_size, tile_size)).astype(np.float32)
     (whole,) = session(graph).run(None, {"pixel_values": pixels})
     parts = [session(graph.parent / p) for p in spec["parts"]]
-    (cut,) = SplitVision(parts, spec["attention"], ort_attention(threads)).run(None, {"pixel_values": pixels})
+    (cut,) = SplitVision(parts, stages, ort_attention(threads), ort_mlps(graph, names, stages, threads)).run(
+        None, {"pixel_values": pixels})
+
     def rel_rms(x):
         return float(np.sqrt(((x - whole) ** 2).mean() / max(float((whole ** 2).mean()), 1e-30)))
 
@@ -164,18 +222,25 @@ def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0) -> di
     # whole graph, and in a dynamically quantized graph a last-bit difference can move an
     # activation's int8 rounding. So the bound is relative, and far below quantization's own
     # error (rel. RMS 0.03-0.2 against fp32).
-    entry = {"parts": len(parts), "cut_rel_rms": rel_rms(cut), "cut_max_abs_diff": float(np.abs(cut - whole).max()),
+    entry = {"parts": len(parts), "mlp_stages": sum(s["kind"] == "mlp" for s in stages),
+             "cut_rel_rms": rel_rms(cut), "cut_max_abs_diff": float(np.abs(cut - whole).max()),
              "tolerance": CUT_TOLERANCE}
     if not entry["cut_rel_rms"] <= CUT_TOLERANCE:
-        raise EdgeVLMError(f"{graph.name} cut at its attention nodes disagrees with the whole graph: "
+        raise EdgeVLMError(f"{graph.name} cut at its attention and MLP nodes disagrees with the whole graph: "
                            f"relative RMS {entry['cut_rel_rms']:.2e} > {CUT_TOLERANCE:g}")
-    ok, why = available()
-    if ok:
-        (fast,) = SplitVision(parts, spec["attention"],
-                              lambda q, k, v, h, s, free: attention_bf16(q, k, v, h, s, threads or 1)).run(
-            None, {"pixel_values": pixels})
-        entry["bf16_attention_rel_rms"] = rel_rms(fast)
+    why = [w for ok, w in (attention_kernel.available(), mlp_kernel.available()) if not ok]
+    if not why:
+        layers = mlp_layers(graph.parent, packed, spec, stages)
+
+        def attend(q, k, v, h, s, free):
+            return attention_kernel.attention_bf16(q, k, v, h, s, threads or 1)
+
+        def mlp(i, x, res, free):
+            return mlp_kernel.mlp_int8(x, res, *layers[i], threads or 1)
+
+        (fast,) = SplitVision(parts, stages, attend, mlp).run(None, {"pixel_values": pixels})
+        entry["kernels_rel_rms"] = rel_rms(fast)
     else:
-        entry["bf16_attention_rel_rms"] = None
-        entry["bf16_unchecked"] = why
+        entry["kernels_rel_rms"] = None
+        entry["kernels_unchecked"] = "; ".join(why)
     return entry

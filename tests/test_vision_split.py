@@ -62,33 +62,59 @@ def _pixels(n=2):
 
 
 def test_export_cuts_quantized_fused_vision_graphs(split_bundles):
-    for quant in ("int8", "int4"):
+    for quant, kinds in (("int8", ["attention"] * 2),  # two layers; int8 weights are not packed: no MLP cut
+                         ("int4", ["attention", "mlp"] * 2)):
         m = _manifest(split_bundles[quant])
         split = m["graphs"]["vision_encoder"]["split"]
-        assert len(split["parts"]) == 3 and len(split["attention"]) == 2  # two layers
+        assert [s["kind"] for s in split["stages"]] == kinds and len(split["parts"]) == len(kinds) + 1
         assert all(p in m["files"] for p in split["parts"])
-        assert all(a["num_heads"] == 2 and a["scale"] == pytest.approx(0.125) for a in split["attention"])
+        attention = [s for s in split["stages"] if s["kind"] == "attention"]
+        assert all(a["num_heads"] == 2 and a["scale"] == pytest.approx(0.125) for a in attention)
         check = m["validation"]["vision_encoder"]["split"]
-        assert check["cut_rel_rms"] <= check["tolerance"]
+        assert check["cut_rel_rms"] <= check["tolerance"] and check["mlp_stages"] == kinds.count("mlp")
         # no part holds a weight of its own: every large tensor points into the graph's data files
         for part in split["parts"]:
             model = onnx.load(str(split_bundles[quant] / part), load_external_data=False)
             assert all(len(t.raw_data) < 1024 for t in model.graph.initializer)
+            if quant == "int4":  # the MLPs' nodes left the parts: their weights come from the 4-bit store
+                assert not {"FastGelu", "MatMulInteger"} <= {n.op_type for n in model.graph.node} or part == split["parts"][0]
+    int4 = _manifest(split_bundles["int4"])["graphs"]["vision_encoder"]["split"]
+    assert int4["weights"] in _manifest(split_bundles["int4"])["files"]
+    # the biases, float32: fc1 [256] and fc2 [128] per layer
+    assert (split_bundles["int4"] / int4["weights"]).stat().st_size == 2 * 4 * (256 + 128)
     assert "split" not in _manifest(split_bundles["fp32"])["graphs"]["vision_encoder"]
 
 
-def test_parts_with_onnxruntime_attention_equal_the_whole_graph(split_bundles):
-    """The cut alone: parts + ONNX Runtime's own MultiHeadAttention between them."""
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_parts_with_onnxruntime_stages_equal_the_whole_graph(split_bundles, quant):
+    """The cut alone: parts + ONNX Runtime's own MultiHeadAttention and MLP nodes between them."""
     import onnxruntime as ort
 
-    path = split_bundles["int8"]
-    split = _manifest(path)["graphs"]["vision_encoder"]["split"]
-    parts = [ort.InferenceSession(str(path / p), providers=["CPUExecutionProvider"]) for p in split["parts"]]
-    whole = ort.InferenceSession(str(path / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
-    pixels = _pixels()
-    (want,) = whole.run(None, {"pixel_values": pixels})
-    (got,) = SplitVision(parts, split["attention"], ort_attention()).run(None, {"pixel_values": pixels})
+    from edgevlm.export.vision_split import ort_mlps
+
+    path = split_bundles[quant]
+    entry = _manifest(path)["graphs"]["vision_encoder"]
+    split, packed = entry["split"], entry.get("packed_weights")
+    names = {t["name"] for t in packed["tensors"]} if packed else set()
+    # the int4 graph reads an int8 file the runtime makes: expand it as the runtime does
+    from edgevlm.runtime.packed_weights import unpacked_graph
+
+    shared = [f for f in ("vision_encoder.onnx.data",) if (path / f).exists()]
+    with unpacked_graph(path, "vision_encoder.onnx", packed, also=split["parts"] + shared) if packed else _here(path) as graph:
+        where = graph.parent
+        parts = [ort.InferenceSession(str(where / p), providers=["CPUExecutionProvider"]) for p in split["parts"]]
+        whole = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        pixels = _pixels()
+        (want,) = whole.run(None, {"pixel_values": pixels})
+        (got,) = SplitVision(parts, split["stages"], ort_attention(), ort_mlps(graph, names, split["stages"])).run(
+            None, {"pixel_values": pixels})
     assert np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()) < 1e-3
+
+
+def _here(path):
+    import contextlib
+
+    return contextlib.nullcontext(path / "vision_encoder.onnx")
 
 
 @needs_kernel
@@ -112,28 +138,45 @@ def test_fp32_bundle_and_fp32_option_use_onnxruntime(split_bundles):
         edgevlm.load(split_bundles["int8"], threads=1, vision_attention="fast")
 
 
-def test_unavailable_kernel_falls_back_or_says_why(split_bundles, monkeypatch):
-    from edgevlm.runtime import attention_kernel
+@pytest.mark.parametrize("kernel,why", [("attention_kernel", "this CPU lacks AVX-512 BF16"),
+                                         ("mlp_kernel", "this CPU lacks AVX-512 VNNI")])
+def test_unavailable_kernel_falls_back_or_says_why(split_bundles, monkeypatch, kernel, why):
+    from edgevlm.runtime import attention_kernel, mlp_kernel
 
-    monkeypatch.setattr(attention_kernel, "available", lambda: (False, "this CPU lacks AVX-512 BF16"))
+    monkeypatch.setattr({"attention_kernel": attention_kernel, "mlp_kernel": mlp_kernel}[kernel], "available",
+                        lambda: (False, why))
     vlm = edgevlm.load(split_bundles["int4"], threads=1)
     assert vlm.vision_attention == "onnxruntime" and vlm.encode_tiles(_pixels(1)).shape == (1, 16, 64)
-    with pytest.raises(ConfigError, match="not available here: this CPU lacks AVX-512 BF16"):
+    with pytest.raises(ConfigError, match=f"not available here: {why}"):
         edgevlm.load(split_bundles["int4"], threads=1, vision_attention="bf16")
 
 
-def _swap_inputs(split, manifest, path):  # attention 1 reads the q of part 0
-    split["attention"][1]["q"] = split["attention"][0]["q"]
+def test_a_bundle_listing_attention_only_the_old_way_still_loads(split_bundles, tmp_path):
+    def old_style(s, m, p):
+        s["attention"] = [{k: v for k, v in a.items() if k != "kind"} for a in s.pop("stages")]
+
+    path = _mutated(split_bundles["int8"], tmp_path, old_style, entry="split")
+    vlm = edgevlm.load(path, threads=1)
+    assert vlm.encode_tiles(_pixels(1)).shape == (1, 16, 64)
+
+
+def _swap_inputs(split, manifest, path):  # attention 1 reads the q of part 0's attention
+    split["stages"][-2 if split["stages"][-1]["kind"] == "mlp" else 1]["q"] = split["stages"][0]["q"]
+
+
+def _mlp(split):
+    return next(s for s in split["stages"] if s["kind"] == "mlp")
 
 
 @needs_kernel
 @pytest.mark.parametrize("change,message", [
     (lambda s, m, p: s["parts"].pop(), "malformed"),
-    (lambda s, m, p: s.update(attention="x"), "malformed"),
-    (lambda s, m, p: s["attention"][0].update(num_heads=0), "malformed"),
-    (lambda s, m, p: s["attention"][0].update(num_heads=True), "malformed"),
-    (lambda s, m, p: s["attention"][0].update(scale=float("nan")), "malformed"),
-    (lambda s, m, p: s["attention"][0].pop("k"), "malformed"),
+    (lambda s, m, p: s.update(stages="x"), "malformed"),
+    (lambda s, m, p: s["stages"][0].update(num_heads=0), "malformed"),
+    (lambda s, m, p: s["stages"][0].update(num_heads=True), "malformed"),
+    (lambda s, m, p: s["stages"][0].update(scale=float("nan")), "malformed"),
+    (lambda s, m, p: s["stages"][0].pop("k"), "malformed"),
+    (lambda s, m, p: s["stages"][0].update(kind="conv"), "malformed"),
     (lambda s, m, p: m["files"].pop(s["parts"][1]), "not a checksummed file"),
     (lambda s, m, p: s["parts"].__setitem__(0, "../vision_encoder.part00.onnx"), "not a checksummed file"),
     (_swap_inputs, "does not produce"),
@@ -141,6 +184,24 @@ def _swap_inputs(split, manifest, path):  # attention 1 reads the q of part 0
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_malformed_split_entries_are_refused_in_one_line(split_bundles, tmp_path, change, message, quant):
     path = _mutated(split_bundles[quant], tmp_path, change, entry="split")
+    with pytest.raises(BundleError, match=message) as info:
+        edgevlm.load(path, threads=1)
+    assert "\n" not in str(info.value)
+
+
+@needs_kernel
+@pytest.mark.parametrize("change,message", [
+    (lambda s, m, p: _mlp(s)["fc1"].update(bias_offset=1 << 20), "lies outside"),
+    (lambda s, m, p: _mlp(s)["fc2"].update(n=7), "lies outside|does not match"),
+    (lambda s, m, p: _mlp(s)["fc1"].update(weight="nope"), "not in the 4-bit store"),
+    (lambda s, m, p: _mlp(s)["fc2"].update(weight=_mlp(s)["fc1"]["weight"]), "does not match|do not chain|outputs"),
+    (lambda s, m, p: _mlp(s)["fc1"].pop("n"), "malformed"),
+    (lambda s, m, p: _mlp(s).update(x=3), "malformed"),
+    (lambda s, m, p: s.pop("weights"), "malformed"),
+    (lambda s, m, p: m["files"].pop(s["weights"]), "not a checksummed file"),
+])
+def test_malformed_mlp_stages_are_refused_in_one_line(split_bundles, tmp_path, change, message):
+    path = _mutated(split_bundles["int4"], tmp_path, change, entry="split")
     with pytest.raises(BundleError, match=message) as info:
         edgevlm.load(path, threads=1)
     assert "\n" not in str(info.value)

@@ -72,7 +72,12 @@ class PackedLinear:
     bias: np.ndarray  # [Np] float32
     k: int
     n: int
-    q8: np.ndarray  # [K, N] int8, as given (the reference's)
+
+    def int8(self) -> np.ndarray:
+        """The weights back as [K, N] int8 (the reference's)."""
+        np_, nr = self.colsum.size, panel()
+        kp = self.w.size // np_
+        return self.w.reshape(np_ // nr, kp // 4, nr, 4).transpose(1, 3, 0, 2).reshape(kp, np_)[:self.k, :self.n]
 
 
 def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple: int = 4) -> PackedLinear:
@@ -95,7 +100,7 @@ def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple:
     colsum[:n] = q8.astype(np.int32).sum(axis=0)
     s, b = pad.copy(), pad.copy()
     s[:n], b[:n] = scale, bias
-    return PackedLinear(w, colsum, s, b, k, n, q8)
+    return PackedLinear(w, colsum, s, b, k, n)
 
 
 def _check(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear):
@@ -145,7 +150,8 @@ def gelu_tanh(v: np.ndarray) -> np.ndarray:
 
 
 def _linear(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, layer: PackedLinear) -> np.ndarray:
-    acc = q.astype(np.int64) @ layer.q8.astype(np.int64) - zero[:, None] * layer.q8.astype(np.int64).sum(axis=0)
+    w = layer.int8().astype(np.int64)
+    acc = q.astype(np.int64) @ w - zero[:, None] * w.sum(axis=0)
     return acc * (scale.astype(np.float64)[:, None] * layer.scale[:layer.n]) + layer.bias[:layer.n]
 
 

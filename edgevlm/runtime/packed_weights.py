@@ -114,21 +114,31 @@ def _entries(spec: dict, store_size: int) -> list[dict]:
     return tensors
 
 
-def expand(store: Path, spec: dict, out: Path) -> int:
-    """Write the int8 file of `spec` (a manifest packed_weights entry) from `store` to `out`.
-    One tensor at a time, ROWS output channels at a time. Returns its size."""
+def tensor_int8(data: np.ndarray, t: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One checked tensor entry's (q8 [K, N] int8, s8 [N] float32) from the store's bytes."""
+    k, n = t["k"], t["n"]
+    q4 = np.asarray(data[t["q4_offset"]:t["q4_offset"] + n * ((k + 1) // 2)]).reshape(n, -1)
+    raw = np.asarray(data[t["scales_offset"]:t["scales_offset"] + 2 * n * -(-k // BLOCK)])
+    return int8_from_int4(q4, raw.view(np.float16).reshape(n, -1), k)
+
+
+def open_store(store: Path, spec: dict) -> tuple[np.ndarray, list[dict]]:
+    """(the store's bytes, mapped; its checked tensor entries)."""
     try:
         size = store.stat().st_size
         data = np.memmap(store, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {store.name} ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
-    tensors = _entries(spec, size)
+    return data, _entries(spec, size)
+
+
+def expand(store: Path, spec: dict, out: Path) -> int:
+    """Write the int8 file of `spec` (a manifest packed_weights entry) from `store` to `out`.
+    One tensor at a time, ROWS output channels at a time. Returns its size."""
+    data, tensors = open_store(store, spec)
     with open(out, "wb") as f:
         for t in tensors:
-            k, n = t["k"], t["n"]
-            q4 = np.asarray(data[t["q4_offset"]:t["q4_offset"] + n * ((k + 1) // 2)]).reshape(n, -1)
-            raw = np.asarray(data[t["scales_offset"]:t["scales_offset"] + 2 * n * -(-k // BLOCK)])
-            q8, _ = int8_from_int4(q4, raw.view(np.float16).reshape(n, -1), k)
+            q8, _ = tensor_int8(data, t)
             f.write(memoryview(q8).cast("B"))
         written = f.tell()
     del data

@@ -19,7 +19,8 @@ from edgevlm.bundle import GRAPHS, MODEL_FORMATS, Bundle
 from edgevlm.config import VLMConfig
 from edgevlm.errors import BundleError, ConfigError
 from edgevlm.onnx_safety import check_external_data
-from edgevlm.runtime import attention_kernel
+from edgevlm.runtime import attention_kernel, mlp_kernel
+from edgevlm.runtime.mlp_weights import mlp_layers
 from edgevlm.runtime.packed_weights import unpacked_graph
 from edgevlm.runtime.vision_split import SplitVision, check_split_spec
 
@@ -128,30 +129,39 @@ def _split_entry(bundle: Bundle, graph: str, opts: RuntimeOptions):
             raise ConfigError("--vision-attention bf16 needs a bundle whose vision graph is cut for the "
                               "kernel (edgevlm export --attention fused --quant int8|int4|mixed), as .onnx")
         return None
-    ok, why = attention_kernel.available()
-    if not ok:
-        if opts.vision_attention == "bf16":
-            raise ConfigError(f"--vision-attention bf16 is not available here: {why}")
-        return None
+    kernels = [attention_kernel.available()]
+    stages = split.get("stages") if isinstance(split, dict) else None
+    if isinstance(stages, list) and any(isinstance(st, dict) and st.get("kind") == "mlp" for st in stages):
+        kernels.append(mlp_kernel.available())
+    for ok, why in kernels:
+        if not ok:
+            if opts.vision_attention == "bf16":
+                raise ConfigError(f"--vision-attention bf16 is not available here: {why}")
+            return None
     return split
 
 
 def _split_session(bundle: Bundle, path: Path, spec, packed, so: ort.SessionOptions, opts: RuntimeOptions):
-    """The vision graph as its parts with our attention kernel between them (vision_split.py)."""
+    """The vision graph as its parts with our attention and MLP kernels between them (vision_split.py)."""
     listed = set(bundle.manifest["files"])
-    parts, attention = check_split_spec(spec, path.name, listed)
+    parts, stages = check_split_spec(spec, path.name, listed)
     threads = opts.threads or default_threads()
+    if packed is not None:
+        _check_packed(bundle, path, packed)
+    layers = mlp_layers(bundle.path, packed, spec, stages)
 
     def attend(q, k, v, heads, scale, q_free):
         return attention_kernel.attention_bf16(q, k, v, heads, scale, threads, into_q=q_free)
 
+    def mlp(i, x, res, res_free):
+        return mlp_kernel.mlp_int8(x, res, *layers[i], threads, into_res=res_free)
+
     if packed is None:
-        return SplitVision(_part_sessions(bundle.path, parts, listed, so), attention, attend)
-    _check_packed(bundle, path, packed)
+        return SplitVision(_part_sessions(bundle.path, parts, listed, so), stages, attend, mlp)
     shared = _shared_data(bundle, path)
     with unpacked_graph(bundle.path, path.name, packed, also=parts + shared) as copy:
         sessions = _part_sessions(copy.parent, parts, {packed["expands_to"], *shared}, so)
-        return SplitVision(sessions, attention, attend)
+        return SplitVision(sessions, stages, attend, mlp)
 
 
 def _part_sessions(where: Path, parts: list[str], allowed: set[str], so: ort.SessionOptions) -> list:

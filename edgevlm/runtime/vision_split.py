@@ -16,51 +16,77 @@ from edgevlm.errors import BundleError
 # attend(q, k, v, num_heads, scale, q_free) -> out, all float32 [B, N, H*hd]; q_free: no later
 # stage reads q, so the result may overwrite it
 Attend = Callable[[np.ndarray, np.ndarray, np.ndarray, int, float, bool], np.ndarray]
+# mlp(stage index, x, residual, residual_free) -> residual + MLP(x), float32 [B, N, W]
+MLP = Callable[[int, np.ndarray, np.ndarray, bool], np.ndarray]
+
+
+def stage_inputs(stage: dict) -> tuple[str, ...]:
+    return (stage["q"], stage["k"], stage["v"]) if stage["kind"] == "attention" else (stage["x"], stage["residual"])
+
+
+def _good_stage(node) -> bool:
+    if not isinstance(node, dict):
+        return False
+    if node.get("kind") == "attention":
+        return (all(isinstance(node.get(x), str) for x in ("q", "k", "v", "out"))
+                and type(node.get("num_heads")) is int and 0 < node["num_heads"] <= 4096
+                and type(node.get("scale")) in (int, float) and 0 < node["scale"] < 1e6)
+    if node.get("kind") == "mlp":
+        return (all(isinstance(node.get(x), str) for x in ("x", "residual", "out"))
+                and all(isinstance(node.get(fc), dict) and isinstance(node[fc].get("weight"), str)
+                        and all(type(node[fc].get(key)) is int and 0 <= node[fc][key] < 1 << 40
+                                for key in ("bias_offset", "n")) for fc in ("fc1", "fc2")))
+    return False
 
 
 def check_split_spec(spec, graph_file: str, listed) -> tuple[list[str], list[dict]]:
-    """The manifest's graphs.vision_encoder.split entry, checked; returns (part files, attention nodes)."""
+    """The manifest's graphs.vision_encoder.split entry, checked; returns (part files, stages).
+    A bundle from before MLP stages lists its attention nodes under "attention" (no "kind")."""
     bad = BundleError(f"{graph_file}: its split entry in edgevlm.json is malformed")
-    if not isinstance(spec, dict) or not isinstance(spec.get("parts"), list) or not isinstance(spec.get("attention"), list):
+    if not isinstance(spec, dict) or not isinstance(spec.get("parts"), list):
         raise bad
-    parts, attention = spec["parts"], spec["attention"]
-    if len(parts) != len(attention) + 1 or not attention:
+    stages = spec.get("stages")
+    if stages is None and isinstance(spec.get("attention"), list):
+        stages = [dict(node, kind="attention") if isinstance(node, dict) else node for node in spec["attention"]]
+    parts = spec["parts"]
+    if not isinstance(stages, list) or len(parts) != len(stages) + 1 or not stages:
         raise bad
-    for name in parts:
+    for name in parts + ([spec["weights"]] if "weights" in spec else []):
         if not isinstance(name, str) or name not in listed or "/" in name or "\\" in name:
             raise BundleError(f"{graph_file}: split part {str(name)[:60]!r} is not a checksummed file of the bundle")
-    for node in attention:
-        if (not isinstance(node, dict) or not all(isinstance(node.get(x), str) for x in ("q", "k", "v", "out"))
-                or type(node.get("num_heads")) is not int or not 0 < node["num_heads"] <= 4096
-                or type(node.get("scale")) not in (int, float) or not 0 < node["scale"] < 1e6):
-            raise bad
-    return parts, attention
+    if not all(_good_stage(node) for node in stages):
+        raise bad
+    if any(node["kind"] == "mlp" for node in stages) and "weights" not in spec:
+        raise bad
+    return parts, stages
 
 
 class SplitVision:
-    """sessions: one InferenceSession per part, in order; attention: the manifest's nodes;
-    attend: see Attend. A part input that no stage produces shows up in get_inputs(), where
-    check_graphs refuses it against the manifest's config."""
+    """sessions: one InferenceSession per part, in order; stages: the manifest's stages (attention
+    nodes and MLPs), attend / mlp: see Attend, MLP. A part input that no stage produces shows up in
+    get_inputs(), where check_graphs refuses it against the manifest's config."""
 
-    def __init__(self, sessions: list, attention: list[dict], attend: Attend):
-        self.parts, self.attention, self.attend = sessions, attention, attend
+    def __init__(self, sessions: list, stages: list[dict], attend: Attend, mlp: MLP | None = None):
+        self.parts, self.stages, self.attend, self.mlp = sessions, stages, attend, mlp
+        if mlp is None and any(s["kind"] == "mlp" for s in stages):
+            raise BundleError("split vision graph: it has MLP stages and no MLP kernel was given")
         self._shapes: list[dict] = [{} for _ in sessions]
         self._inputs = [[i.name for i in s.get_inputs()] for s in sessions]
         self._outputs = [[o.name for o in s.get_outputs()] for s in sessions]
-        # _keep_after[i]: what a later part, a later attention node or the caller reads (attention
-        # i's own inputs excluded: q may then be overwritten); _keep[i]: that plus attention i's
+        # _keep_after[i]: what a later part, a later stage or the caller reads (stage i's own
+        # inputs excluded: its first may then be overwritten); _keep[i]: that plus stage i's
         # inputs, everything that must survive part i
         final = {o.name for o in sessions[-1].get_outputs()}
         self._keep_after = [{x for ins in self._inputs[i + 1:] for x in ins} | final
-                            | {n for node in attention[i + 1:] for n in (node["q"], node["k"], node["v"])}
-                            for i in range(len(attention))]
-        self._keep = [after | {node["q"], node["k"], node["v"]} for after, node in zip(self._keep_after, attention)]
-        produced = {x for outs in self._outputs for x in outs} | {n["out"] for n in attention}
+                            | {n for node in stages[i + 1:] for n in stage_inputs(node)}
+                            for i in range(len(stages))]
+        self._keep = [after | set(stage_inputs(node)) for after, node in zip(self._keep_after, stages)]
+        produced = {x for outs in self._outputs for x in outs} | {n["out"] for n in stages}
         missing = [x for ins in self._inputs for x in ins if x not in produced]
         self._graph_inputs = list({i.name: i for s in sessions for i in s.get_inputs() if i.name in missing}.values())
-        for i, node in enumerate(attention):  # every attention input comes from the part before it
-            if not all(node[x] in self._outputs[i] for x in ("q", "k", "v")):
-                raise BundleError(f"split vision graph: attention {i} reads a tensor part {i} does not produce")
+        for i, node in enumerate(stages):  # every stage input comes from the part before it
+            if not all(x in self._outputs[i] for x in stage_inputs(node)):
+                raise BundleError(f"split vision graph: stage {i} reads a tensor part {i} does not produce")
 
     def get_inputs(self):
         return self._graph_inputs
@@ -72,12 +98,16 @@ class SplitVision:
         values = dict(feed)
         for i, session in enumerate(self.parts):
             values.update(zip(self._outputs[i], self._run_part(i, values)))
-            if i == len(self.attention):
+            if i == len(self.stages):
                 break
-            node = self.attention[i]
+            node = self.stages[i]
             values = {k: v for k, v in values.items() if k in self._keep[i]}
-            values[node["out"]] = self.attend(values[node["q"]], values[node["k"]], values[node["v"]],
-                                              node["num_heads"], node["scale"], node["q"] not in self._keep_after[i])
+            ins = [values[x] for x in stage_inputs(node)]
+            free = stage_inputs(node)[-1 if node["kind"] == "mlp" else 0] not in self._keep_after[i]
+            if node["kind"] == "attention":
+                values[node["out"]] = self.attend(*ins, node["num_heads"], node["scale"], free)
+            else:
+                values[node["out"]] = self.mlp(i, *ins, free)
         final = {o.name for o in self.get_outputs()}
         names = output_names or [o.name for o in self.get_outputs()]
         return [values[n] for n in names if n in final]
