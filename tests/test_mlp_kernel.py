@@ -94,3 +94,18 @@ def test_bad_shapes_are_refused_in_one_line():
             mlp_int8(*bad, fc1, fc2, 1)
     with pytest.raises(MLPError, match="int8 linear"):
         pack_linear(np.zeros((4, 4), np.float32), np.ones(4, np.float32), np.zeros(4, np.float32))
+
+
+@needs_kernel
+def test_c_packing_equals_numpy_packing(monkeypatch):
+    from edgevlm.runtime import mlp_kernel
+
+    rng = np.random.default_rng(5)
+    for k, n, multiple in ((768, 3072, 4), (37, 70, 4), (100, 12, panel())):
+        q, s, b = _layer(rng, k, n)
+        fast = pack_linear(q, s, b, multiple)
+        monkeypatch.setattr(mlp_kernel, "_NUMPY_PACK", True)
+        slow = pack_linear(q, s, b, multiple)
+        monkeypatch.setattr(mlp_kernel, "_NUMPY_PACK", False)
+        assert np.array_equal(fast.w, slow.w) and np.array_equal(fast.colsum, slow.colsum)
+        assert np.array_equal(fast.int8(), q)

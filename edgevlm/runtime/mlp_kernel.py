@@ -32,6 +32,8 @@ def _declare(lib: ctypes.CDLL) -> None:
                                      + [ctypes.c_int])
     lib.edgevlm_mlp_int8.restype = ctypes.c_int
     lib.edgevlm_mlp_int8_panel.restype = ctypes.c_int
+    lib.edgevlm_mlp_int8_pack.argtypes = [i8] + [ctypes.c_int] * 4 + [i8, i32]
+    lib.edgevlm_mlp_int8_pack.restype = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,6 +45,9 @@ def available() -> tuple[bool, str]:
     """(whether the kernel runs here, why not)."""
     lib, why = _load()
     return lib is not None, why
+
+
+_NUMPY_PACK = False  # tests set it to check the C packing against this numpy one
 
 
 def panel() -> int:
@@ -82,23 +87,29 @@ class PackedLinear:
 
 def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple: int = 4) -> PackedLinear:
     """q8 [K, N] int8 (symmetric, per output channel), scale [N], bias [N] -> PackedLinear. K is
-    padded with zero rows to a multiple of k_multiple: 4 for fc1, 64 for fc2 (whose K is fc1's
-    padded N)."""
+    padded with zero rows to a multiple of k_multiple: 4 for fc1, panel() for fc2 (whose K is
+    fc1's padded N)."""
     k, n = q8.shape
     if scale.shape != (n,) or bias.shape != (n,) or q8.dtype != np.int8:
         raise MLPError(f"an int8 linear needs q8 [K, N] int8 with scale and bias [N], got {q8.shape} "
                        f"{q8.dtype}, {scale.shape}, {bias.shape}")
     nr = panel()
     kp, np_ = _up(k, k_multiple), _up(n, nr)
-    full = np.zeros((kp, np_), np.int8)
-    full[:k, :n] = q8
     w = _aligned_int8(kp * np_)
-    # [Kp, Np] -> [Kp/4, 4, Np/64, 64] -> [Np/64, Kp/4, 64, 4]: per panel, 4 k of a channel per word
-    w.reshape(np_ // nr, kp // 4, nr, 4)[:] = full.reshape(kp // 4, 4, np_ // nr, nr).transpose(2, 0, 3, 1)
-    pad = np.zeros(np_, np.float32)
     colsum = np.zeros(np_, np.int32)
-    colsum[:n] = q8.astype(np.int32).sum(axis=0)
-    s, b = pad.copy(), pad.copy()
+    lib, _ = _load()
+    if lib is not None and not _NUMPY_PACK:  # the same layout in C, faster than numpy's strided copy
+        q8 = np.ascontiguousarray(q8)
+        lib.edgevlm_mlp_int8_pack(q8.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)), k, n, kp, np_,
+                                  w.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+                                  colsum.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)))
+    else:
+        full = np.zeros((kp, np_), np.int8)
+        full[:k, :n] = q8
+        # [Kp, Np] -> [Kp/4, 4, Np/nr, nr] -> [Np/nr, Kp/4, nr, 4]: per panel, 4 k of a channel per word
+        w.reshape(np_ // nr, kp // 4, nr, 4)[:] = full.reshape(kp // 4, 4, np_ // nr, nr).transpose(2, 0, 3, 1)
+        colsum[:n] = q8.astype(np.int32).sum(axis=0)
+    s, b = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
     s[:n], b[:n] = scale, bias
     return PackedLinear(w, colsum, s, b, k, n)
 

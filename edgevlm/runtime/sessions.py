@@ -148,7 +148,7 @@ def _split_session(bundle: Bundle, path: Path, spec, packed, so: ort.SessionOpti
     threads = opts.threads or default_threads()
     if packed is not None:
         _check_packed(bundle, path, packed)
-    layers = mlp_layers(bundle.path, packed, spec, stages)
+    layers = mlp_layers(bundle.path, packed, spec, stages, threads)
 
     def attend(q, k, v, heads, scale, q_free):
         return attention_kernel.attention_bf16(q, k, v, heads, scale, threads, into_q=q_free)

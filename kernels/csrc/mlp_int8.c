@@ -233,6 +233,19 @@ int edgevlm_mlp_int8_supported(void) {
            __builtin_cpu_supports("avx512vnni");
 }
 
+/* q8 [k, n] int8 row-major -> w [np/NR][kp/4][NR][4] (zero past k and n) and colsum [np]
+ * (the column sums of q8, zero past n). The layout the kernel reads; done once per weight at load. */
+void edgevlm_mlp_int8_pack(const int8_t *q8, int k, int n, int kp, int np, int8_t *w, int32_t *colsum) {
+    for (int p = 0; p < np; p += NR)
+        for (int k4 = 0; k4 < kp; k4 += 4)
+            for (int c = 0; c < NR; c++)
+                for (int t = 0; t < 4; t++, w++)
+                    *w = (k4 + t < k && p + c < n) ? q8[(size_t)(k4 + t) * n + p + c] : 0;
+    memset(colsum, 0, sizeof(int32_t) * (size_t)np);
+    for (int r = 0; r < k; r++)
+        for (int c = 0; c < n; c++) colsum[c] += q8[(size_t)r * n + c];
+}
+
 /* The weight panel's width: pack_linear's layout must use the same. */
 int edgevlm_mlp_int8_panel(void) { return NR; }
 
