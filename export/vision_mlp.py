@@ -16,12 +16,13 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-def _linear(y: str, producer: dict, inits: dict, packed: set[str]):
+def _linear(y: str, nodes: list, producer: dict, inits: dict, packed: set[str]):
     """The six nodes of a dynamically quantized linear giving `y`: (node ids, x, the int8 weight's
-    name (as packed_weights lists it), bias initializer name), or None where `y` is not made that way."""
+    name (as packed_weights lists it), bias initializer name), or None where `y` is not made that way.
+    producer: {tensor: id of the node that writes it}."""
     def node(name, op):
         i = producer.get(name)
-        return (i, producer["#"][i]) if i is not None and producer["#"][i].op_type == op else (None, None)
+        return (i, nodes[i]) if i is not None and nodes[i].op_type == op else (None, None)
 
     add_i, add = node(y, "Add")
     if add is None:
@@ -56,7 +57,8 @@ def find_mlps(graph: onnx.GraphProto, packed: set[str]) -> list[tuple[int, int, 
     whose intermediates nothing else reads; stage = {"kind": "mlp", "x", "residual", "out",
     "fc1": {"weight", "bias"}, "fc2": {...}} (bias: the initializer's name, replaced by an
     offset when the biases are written)."""
-    producer: dict = {"#": list(graph.node)}
+    nodes = list(graph.node)
+    producer: dict[str, int] = {}
     readers: dict[str, int] = {}
     for i, n in enumerate(graph.node):
         for x in n.output:
@@ -66,19 +68,19 @@ def find_mlps(graph: onnx.GraphProto, packed: set[str]) -> list[tuple[int, int, 
     inits = {t.name: t for t in graph.initializer}
     outputs = {v.name for v in graph.output}
     found = []
-    for i, gelu in enumerate(graph.node):
+    for i, gelu in enumerate(nodes):
         if (gelu.domain, gelu.op_type) != ("com.microsoft", "FastGelu") or len(gelu.input) != 1:
             continue
-        fc1 = _linear(gelu.input[0], producer, inits, packed)
-        ends = [j for j, n in enumerate(graph.node) if n.op_type == "DynamicQuantizeLinear"
+        fc1 = _linear(gelu.input[0], nodes, producer, inits, packed)
+        ends = [j for j, n in enumerate(nodes) if n.op_type == "DynamicQuantizeLinear"
                 and n.input[0] == gelu.output[0]]
         if fc1 is None or readers.get(gelu.output[0]) != 1 or len(ends) != 1:
             continue
-        adds = [j for j, n in enumerate(graph.node) if n.op_type == "Add" and j > ends[0]]
+        adds = [j for j, n in enumerate(nodes) if n.op_type == "Add" and j > ends[0]]
         fc2 = last = None
         for j in adds:  # the residual add reads fc2's output
-            for y in graph.node[j].input:
-                fc2 = _linear(y, producer, inits, packed)
+            for y in nodes[j].input:
+                fc2 = _linear(y, nodes, producer, inits, packed)
                 if fc2 is not None and fc2[1] == gelu.output[0]:
                     last = j
                     break
@@ -86,15 +88,15 @@ def find_mlps(graph: onnx.GraphProto, packed: set[str]) -> list[tuple[int, int, 
                 break
         if last is None:
             continue
-        final = graph.node[last]
+        final = nodes[last]
         y2 = [x for x in final.input if producer.get(x) == fc2[0][-1]][0]
         residual = [x for x in final.input if x != y2]
-        nodes = sorted(fc1[0] + [i] + fc2[0] + [last])
-        inside = {x for j in nodes[:-1] for x in graph.node[j].output}
-        if (len(residual) != 1 or nodes != list(range(nodes[0], nodes[-1] + 1)) or inside & outputs
-                or any(readers.get(x, 0) > sum(x in graph.node[j].input for j in nodes) for x in inside)):
+        chain = sorted(fc1[0] + [i] + fc2[0] + [last])
+        inside = {x for j in chain[:-1] for x in nodes[j].output}
+        if (len(residual) != 1 or chain != list(range(chain[0], chain[-1] + 1)) or inside & outputs
+                or any(readers.get(x, 0) > sum(x in nodes[j].input for j in chain) for x in inside)):
             continue
-        found.append((nodes[0], nodes[-1], {
+        found.append((chain[0], chain[-1], {
             "kind": "mlp", "x": fc1[1], "residual": residual[0], "out": final.output[0],
             "fc1": {"weight": fc1[2], "bias": fc1[3]}, "fc2": {"weight": fc2[2], "bias": fc2[3]}}))
     return found
