@@ -24,7 +24,7 @@ MLP = Extension(
     "edgevlm.runtime._mlp_int8",
     sources=["kernels/csrc/mlp_int8.c"],
     extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
-    extra_link_args=["-lpthread"],
+    extra_link_args=["-lpthread", "-lm"],
     optional=True,
 )
 

@@ -14,7 +14,7 @@ go to a small data file of their own (the parts no longer hold them).
 from __future__ import annotations
 
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 def _linear(y: str, nodes: list, producer: dict, inits: dict, packed: set[str]):
     """The six nodes of a dynamically quantized linear giving `y`: (node ids, x, the int8 weight's
@@ -96,7 +96,45 @@ def find_mlps(graph: onnx.GraphProto, packed: set[str]) -> list[tuple[int, int, 
         if (len(residual) != 1 or chain != list(range(chain[0], chain[-1] + 1)) or inside & outputs
                 or any(readers.get(x, 0) > sum(x in nodes[j].input for j in chain) for x in inside)):
             continue
-        found.append((chain[0], chain[-1], {
-            "kind": "mlp", "x": fc1[1], "residual": residual[0], "out": final.output[0],
-            "fc1": {"weight": fc1[2], "bias": fc1[3]}, "fc2": {"weight": fc2[2], "bias": fc2[3]}}))
+        stage = {"kind": "mlp", "x": fc1[1], "residual": residual[0], "out": final.output[0],
+                 "fc1": {"weight": fc1[2], "bias": fc1[3]}, "fc2": {"weight": fc2[2], "bias": fc2[3]}}
+        first = _pre_norm(stage, chain[0], nodes, producer, readers, inits, packed)
+        found.append((first if first is not None else chain[0], chain[-1], stage))
     return found
+
+
+def _pre_norm(stage: dict, start: int, nodes: list, producer: dict, readers: dict, inits: dict,
+              packed: set[str]) -> int | None:
+    """Where the MLP's input is LayerNorm(h), h = its residual = r + o_proj(attention), and those
+    nodes and the MultiHeadAttention come right before it and feed nothing else: fold them into
+    the stage ("attention", "o_proj", "norm"; the residual becomes r) and return the attention's
+    node id; else None and the stage is left alone."""
+    ln_i = producer.get(stage["x"])
+    if ln_i is None or ln_i != start - 1 or readers.get(stage["x"]) != 1:
+        return None
+    ln = nodes[ln_i]
+    attrs = {a.name: helper.get_attribute_value(a) for a in ln.attribute}
+    if (ln.op_type != "LayerNormalization" or len(ln.input) != 3 or ln.input[0] != stage["residual"]
+            or not all(x in inits for x in ln.input[1:]) or attrs.get("axis", -1) != -1 or len(ln.output) != 1):
+        return None
+    add_i = producer.get(ln.input[0])
+    if add_i != ln_i - 1 or nodes[add_i].op_type != "Add" or readers.get(ln.input[0]) != 2:
+        return None
+    for y, r in (nodes[add_i].input, nodes[add_i].input[::-1]):
+        o = _linear(y, nodes, producer, inits, packed)
+        if o is not None:
+            break
+    else:
+        return None
+    mha_i = producer.get(o[1])
+    if (sorted(o[0]) != list(range(mha_i + 1, add_i)) if mha_i is not None else True) or readers.get(o[1]) != 1:
+        return None
+    mha = nodes[mha_i]
+    if (mha.domain, mha.op_type) != ("com.microsoft", "MultiHeadAttention"):
+        return None
+    if any(readers.get(x, 0) != 1 for i in o[0] for x in nodes[i].output if x != y):
+        return None
+    stage.pop("x")
+    stage.update(residual=r, attention={"node": mha.name, "out": o[1]}, o_proj={"weight": o[2], "bias": o[3]},
+                 norm={"gamma": ln.input[1], "beta": ln.input[2], "epsilon": float(attrs.get("epsilon", 1e-5))})
+    return mha_i

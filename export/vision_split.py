@@ -73,9 +73,16 @@ def split_graph(path: Path, width: int, packed: set[str] = frozenset()) -> dict:
     if not heads or any(width % a["num_heads"] or width // a["num_heads"] not in HEAD_DIMS for a in attention):
         raise EdgeVLMError(f"{path.name}: no MultiHeadAttention with heads of {' or '.join(map(str, HEAD_DIMS))} "
                            "to cut at")
+    mlps = find_mlps(graph, set(packed))
+    by_name = {graph.node[i].name: a for i, a in zip(heads, attention)}
+    for _, _, stage in mlps:  # an MLP stage that starts from its layer's attention runs it too
+        if "attention" in stage:
+            spec = dict(by_name[stage["attention"]["node"]])
+            spec.pop("kind")
+            stage["attention"] = spec
+    inside = {a for a, _, _ in mlps}
     # (first node, last node, stage), in graph order
-    cuts = sorted([(i, i, a) for i, a in zip(heads, attention)] + find_mlps(graph, set(packed)),
-                  key=lambda c: c[0])
+    cuts = sorted([(i, i, a) for i, a in zip(heads, attention) if i not in inside] + mlps, key=lambda c: c[0])
     stages = [c[2] for c in cuts]
     bounds = [(-1, -1)] + [(a, b) for a, b, _ in cuts] + [(len(graph.node), len(graph.node))]
     segments = [list(graph.node[prev[1] + 1:nxt[0]]) for prev, nxt in zip(bounds, bounds[1:])]
@@ -120,21 +127,29 @@ def split_graph(path: Path, width: int, packed: set[str] = frozenset()) -> dict:
 
 
 def _write_biases(path: Path, inits: dict, stages: list[dict]) -> str:
-    """Write the MLP stages' biases (float32, end to end) to GRAPH.mlp.data and put each one's
-    offset and length in its stage in place of the initializer's name. Returns the file name."""
+    """Write the MLP stages' biases and norm weights (float32, end to end) to GRAPH.mlp.data and
+    put each one's offset and length in its stage in place of the initializer's name. Returns the
+    file name."""
     import numpy as np
 
     name = path.name.replace(".onnx", ".mlp.data")
     offset = 0
     with open(path.parent / name, "wb") as f:
+        def put(tensor_name: str) -> tuple[int, int]:
+            nonlocal offset
+            values = numpy_helper.to_array(inits[tensor_name], base_dir=str(path.parent)).astype(np.float32)
+            f.write(values.tobytes())
+            offset += values.nbytes
+            return offset - values.nbytes, int(values.size)
+
         for stage in stages:
-            for fc in (stage.get("fc1"), stage.get("fc2")):
-                if fc is None:
-                    continue
-                bias = numpy_helper.to_array(inits[fc.pop("bias")], base_dir=str(path.parent)).astype(np.float32)
-                f.write(bias.tobytes())
-                fc.update(bias_offset=offset, n=int(bias.size))
-                offset += bias.nbytes
+            for fc in (stage.get("o_proj"), stage.get("fc1"), stage.get("fc2")):
+                if fc is not None:
+                    fc["bias_offset"], fc["n"] = put(fc.pop("bias"))
+            if "norm" in stage:
+                norm = stage["norm"]
+                norm["gamma_offset"], norm["n"] = put(norm.pop("gamma"))
+                norm["beta_offset"], _ = put(norm.pop("beta"))
     return name
 
 
@@ -178,17 +193,20 @@ def ort_mlps(graph: Path, packed: set[str], stages: list[dict], threads: int = 0
     inits = {t.name: t for t in model.graph.initializer}
     sessions = {}
     for first, last, stage in find_mlps(model.graph, packed):
+        x_in = stage["attention"]["out"] if "attention" in stage else stage["x"]
+        first += "attention" in stage  # the attention itself runs on ORT's MultiHeadAttention
         nodes = list(model.graph.node[first:last + 1])
         used = dict.fromkeys(x for n in nodes for x in n.input if x in inits)
         tensors = [numpy_helper.from_array(numpy_helper.to_array(inits[x], base_dir=str(graph.parent)), x) for x in used]
-        io = [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in (stage["x"], stage["residual"], stage["out"])]
+        io = [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in (x_in, stage["residual"], stage["out"])]
         mini = helper.make_model(helper.make_graph(nodes, "mlp", io[:2], io[2:], tensors),
                                  opset_imports=model.opset_import, ir_version=model.ir_version)
-        sessions[stage["out"]] = _session(mini.SerializeToString(), threads)
+        sessions[stage["out"]] = (io[0].name, _session(mini.SerializeToString(), threads))
 
     def mlp(i, x, res, free):
         stage = stages[i]
-        return sessions[stage["out"]].run(None, {stage["x"]: x, stage["residual"]: res})[0]
+        name, session = sessions[stage["out"]]
+        return session.run(None, {name: x, stage["residual"]: res})[0]
 
     return mlp
 
@@ -208,7 +226,8 @@ def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0, packe
         return _session(str(p), threads)
 
     stages = spec["stages"]
-    names = {t["name"] for t in packed["tensors"]} if packed else set()
+    # the weights the stages use: finding the MLPs again with these gives the same stages
+    names = {s[fc]["weight"] for s in stages for fc in ("fc1", "fc2", "o_proj") if fc in s}
     pixels = np.random.default_rng(0).uniform(-1, 1, (1, 3, tile_size, tile_size)).astype(np.float32)
     (whole,) = session(graph).run(None, {"pixel_values": pixels})
     parts = [session(graph.parent / p) for p in spec["parts"]]
@@ -236,7 +255,8 @@ def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0, packe
             return attention_kernel.attention_bf16(q, k, v, h, s, threads or 1)
 
         def mlp(i, x, res, free):
-            return mlp_kernel.mlp_int8(x, res, *layers[i], threads or 1)
+            fc1, fc2, pre = layers[i]
+            return mlp_kernel.mlp_int8(x, res, fc1, fc2, threads or 1, pre=pre)
 
         (fast,) = SplitVision(parts, stages, attend, mlp).run(None, {"pixel_values": pixels})
         entry["kernels_rel_rms"] = rel_rms(fast)

@@ -109,3 +109,43 @@ def test_c_packing_equals_numpy_packing(monkeypatch):
         monkeypatch.setattr(mlp_kernel, "_NUMPY_PACK", False)
         assert np.array_equal(fast.w, slow.w) and np.array_equal(fast.colsum, slow.colsum)
         assert np.array_equal(fast.int8(), q)
+
+
+def _pre(k, width, seed=3):
+    from edgevlm.runtime.mlp_kernel import PreNorm
+
+    rng = np.random.default_rng(seed)
+    q, s, b = _layer(rng, k, width)
+    gamma, beta = rng.normal(1, 0.2, width).astype(np.float32), rng.normal(0, 0.1, width).astype(np.float32)
+    return PreNorm(pack_linear(q, s, b), gamma, beta, 1e-6), (q * s, b, gamma, beta)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape,k,width,hidden,threads", [
+    ((1, 1024), 768, 768, 3072, 2),  # SigLIP-base's layer after attention
+    ((2, 37), 64, 72, 144, 3),  # attention width != hidden width; rows off the block sizes
+    ((1, 1), 8, 20, 40, 1),
+])
+def test_kernel_from_the_attention_output_matches_reference_and_float(shape, k, width, hidden, threads):
+    """o_proj + residual + LayerNorm before the MLP (the kernel's `pre`), against its reference and fp32."""
+    from edgevlm.runtime.mlp_kernel import layer_norm
+
+    pre, (wo, bo, gamma, beta) = _pre(k, width)
+    fc1, fc2, (w1, b1, w2, b2) = _mlp(width, hidden)
+    rng = np.random.default_rng(4)
+    a = rng.normal(0, 1, shape + (k,)).astype(np.float32)
+    res = rng.normal(0, 1, shape + (width,)).astype(np.float32)
+    got = mlp_int8(a, res, fc1, fc2, threads, pre=pre)
+    want = mlp_reference(a, res, fc1, fc2, pre=pre)
+    assert _rel_rms(got - res, want - res) < 2e-3
+    h = res + a @ wo + bo
+    fp32 = h + gelu_tanh(layer_norm(h, gamma, beta, 1e-6) @ w1 + b1) @ w2 + b2
+    assert _rel_rms(got - res, fp32 - res) < 0.03
+    assert np.array_equal(mlp_int8(a, res.copy(), fc1, fc2, threads, pre=pre), got)  # deterministic
+
+
+def test_pre_norm_of_the_wrong_width_is_refused():
+    pre, _ = _pre(16, 24)
+    fc1, fc2, _ = _mlp(32, 64)
+    with pytest.raises(MLPError, match="o_proj"):
+        mlp_int8(np.zeros((1, 2, 16), np.float32), np.zeros((1, 2, 32), np.float32), fc1, fc2, 1, pre=pre)

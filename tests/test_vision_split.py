@@ -63,12 +63,12 @@ def _pixels(n=2):
 
 def test_export_cuts_quantized_fused_vision_graphs(split_bundles):
     for quant, kinds in (("int8", ["attention"] * 2),  # two layers; int8 weights are not packed: no MLP cut
-                         ("int4", ["attention", "mlp"] * 2)):
+                         ("int4", ["mlp"] * 2)):  # each layer's attention, o_proj, norm and MLP in one stage
         m = _manifest(split_bundles[quant])
         split = m["graphs"]["vision_encoder"]["split"]
         assert [s["kind"] for s in split["stages"]] == kinds and len(split["parts"]) == len(kinds) + 1
         assert all(p in m["files"] for p in split["parts"])
-        attention = [s for s in split["stages"] if s["kind"] == "attention"]
+        attention = [s if s["kind"] == "attention" else s["attention"] for s in split["stages"]]
         assert all(a["num_heads"] == 2 and a["scale"] == pytest.approx(0.125) for a in attention)
         check = m["validation"]["vision_encoder"]["split"]
         assert check["cut_rel_rms"] <= check["tolerance"] and check["mlp_stages"] == kinds.count("mlp")
@@ -80,8 +80,9 @@ def test_export_cuts_quantized_fused_vision_graphs(split_bundles):
                 assert not {"FastGelu", "MatMulInteger"} <= {n.op_type for n in model.graph.node} or part == split["parts"][0]
     int4 = _manifest(split_bundles["int4"])["graphs"]["vision_encoder"]["split"]
     assert int4["weights"] in _manifest(split_bundles["int4"])["files"]
-    # the biases, float32: fc1 [256] and fc2 [128] per layer
-    assert (split_bundles["int4"] / int4["weights"]).stat().st_size == 2 * 4 * (256 + 128)
+    # float32 per layer: the biases of o_proj [128], fc1 [256] and fc2 [128], the norm's gamma and beta [128]
+    assert (split_bundles["int4"] / int4["weights"]).stat().st_size == 2 * 4 * (128 + 256 + 128 + 2 * 128)
+    assert all(s["norm"]["epsilon"] == pytest.approx(1e-6) for s in int4["stages"])
     assert "split" not in _manifest(split_bundles["fp32"])["graphs"]["vision_encoder"]
 
 
@@ -95,7 +96,7 @@ def test_parts_with_onnxruntime_stages_equal_the_whole_graph(split_bundles, quan
     path = split_bundles[quant]
     entry = _manifest(path)["graphs"]["vision_encoder"]
     split, packed = entry["split"], entry.get("packed_weights")
-    names = {t["name"] for t in packed["tensors"]} if packed else set()
+    names = {s[fc]["weight"] for s in split["stages"] for fc in ("fc1", "fc2", "o_proj") if fc in s}
     # the int4 graph reads an int8 file the runtime makes: expand it as the runtime does
     from edgevlm.runtime.packed_weights import unpacked_graph
 
@@ -161,21 +162,27 @@ def test_a_bundle_listing_attention_only_the_old_way_still_loads(split_bundles, 
 
 
 def _swap_inputs(split, manifest, path):  # attention 1 reads the q of part 0's attention
-    split["stages"][-2 if split["stages"][-1]["kind"] == "mlp" else 1]["q"] = split["stages"][0]["q"]
+    first, second = (s if s["kind"] == "attention" else s["attention"] for s in split["stages"])
+    second["q"] = first["q"]
 
 
 def _mlp(split):
     return next(s for s in split["stages"] if s["kind"] == "mlp")
 
 
+def _attention(split):
+    stage = split["stages"][0]
+    return stage if stage["kind"] == "attention" else stage["attention"]
+
+
 @needs_kernel
 @pytest.mark.parametrize("change,message", [
     (lambda s, m, p: s["parts"].pop(), "malformed"),
     (lambda s, m, p: s.update(stages="x"), "malformed"),
-    (lambda s, m, p: s["stages"][0].update(num_heads=0), "malformed"),
-    (lambda s, m, p: s["stages"][0].update(num_heads=True), "malformed"),
-    (lambda s, m, p: s["stages"][0].update(scale=float("nan")), "malformed"),
-    (lambda s, m, p: s["stages"][0].pop("k"), "malformed"),
+    (lambda s, m, p: _attention(s).update(num_heads=0), "malformed"),
+    (lambda s, m, p: _attention(s).update(num_heads=True), "malformed"),
+    (lambda s, m, p: _attention(s).update(scale=float("nan")), "malformed"),
+    (lambda s, m, p: _attention(s).pop("k"), "malformed"),
     (lambda s, m, p: s["stages"][0].update(kind="conv"), "malformed"),
     (lambda s, m, p: m["files"].pop(s["parts"][1]), "not a checksummed file"),
     (lambda s, m, p: s["parts"].__setitem__(0, "../vision_encoder.part00.onnx"), "not a checksummed file"),
@@ -196,7 +203,11 @@ def test_malformed_split_entries_are_refused_in_one_line(split_bundles, tmp_path
     (lambda s, m, p: _mlp(s)["fc1"].update(weight="nope"), "not in the 4-bit store"),
     (lambda s, m, p: _mlp(s)["fc2"].update(weight=_mlp(s)["fc1"]["weight"]), "does not match|do not chain|outputs"),
     (lambda s, m, p: _mlp(s)["fc1"].pop("n"), "malformed"),
-    (lambda s, m, p: _mlp(s).update(x=3), "malformed"),
+    (lambda s, m, p: _mlp(s).update(residual=3), "malformed"),
+    (lambda s, m, p: _mlp(s)["norm"].update(epsilon=-1.0), "malformed"),
+    (lambda s, m, p: _mlp(s)["norm"].pop("beta_offset"), "malformed"),
+    (lambda s, m, p: _mlp(s)["norm"].update(gamma_offset=1 << 30), "lies outside"),
+    (lambda s, m, p: _mlp(s)["o_proj"].update(weight=_mlp(s)["fc1"]["weight"]), "does not match|do not chain"),
     (lambda s, m, p: s.pop("weights"), "malformed"),
     (lambda s, m, p: m["files"].pop(s["weights"]), "not a checksummed file"),
 ])
@@ -224,3 +235,29 @@ def test_cli_vision_attention_errors_are_one_line(split_bundles):
                                        "--vision-attention", "bf16", "x.png"])
     assert result.exit_code != 0
     assert "needs a bundle whose vision graph is cut" in result.output and "Traceback" not in result.output
+
+
+@needs_kernel
+def test_an_mlp_whose_o_proj_is_not_packed_is_cut_alone_and_checked(split_bundles, tmp_path):
+    """Where the layer's o_proj does not qualify (here: left out of the packed names), the MLP stage
+    starts from the norm's output (x) and the attention stays a stage of its own."""
+    import shutil
+
+    from edgevlm.export.vision_split import check_split, split_graph
+    from edgevlm.runtime.packed_weights import unpacked_graph
+
+    src = split_bundles["int4"]
+    entry = _manifest(src)["graphs"]["vision_encoder"]
+    packed, split = entry["packed_weights"], entry["split"]
+    o_proj = {s["o_proj"]["weight"] for s in split["stages"]}
+    shared = [f for f in ("vision_encoder.onnx.data",) if (src / f).exists()]
+    with unpacked_graph(src, "vision_encoder.onnx", packed, also=shared) as graph:
+        work = tmp_path / "w"
+        shutil.copytree(graph.parent, work)
+    shutil.copy(src / packed["file"], work / packed["file"])
+    spec = split_graph(work / "vision_encoder.onnx", 128, {t["name"] for t in packed["tensors"]} - o_proj)
+    assert [s["kind"] for s in spec["stages"]] == ["attention", "mlp"] * 2
+    assert all("x" in s and "attention" not in s for s in spec["stages"][1::2])
+    check = check_split(work / "vision_encoder.onnx", spec, 32, packed=packed)
+    assert check["cut_rel_rms"] <= check["tolerance"] and check["mlp_stages"] == 2
+    assert check["kernels_rel_rms"] < 0.05

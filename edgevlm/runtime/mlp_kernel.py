@@ -29,7 +29,7 @@ class MLPError(ValueError):
 def _declare(lib: ctypes.CDLL) -> None:
     f32, i8, i32 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_int8, ctypes.c_int32))
     lib.edgevlm_mlp_int8.argtypes = ([f32, f32, f32] + [ctypes.c_int] * 4 + [i8, i32, f32, f32] * 2
-                                     + [ctypes.c_int])
+                                     + [ctypes.c_int, i8, i32, f32, f32, f32, f32, ctypes.c_float, ctypes.c_int])
     lib.edgevlm_mlp_int8.restype = ctypes.c_int
     lib.edgevlm_mlp_int8_panel.restype = ctypes.c_int
     lib.edgevlm_mlp_int8_pack.argtypes = [i8] + [ctypes.c_int] * 4 + [i8, i32]
@@ -85,6 +85,16 @@ class PackedLinear:
         return self.w.reshape(np_ // nr, kp // 4, nr, 4).transpose(1, 3, 0, 2).reshape(kp, np_)[:self.k, :self.n]
 
 
+@dataclass(frozen=True)
+class PreNorm:
+    """What comes before the MLP when the kernel starts from an attention's output a:
+    h = residual + o_proj(a), and the MLP reads LayerNorm(h) * gamma + beta (then adds h back)."""
+    o_proj: PackedLinear
+    gamma: np.ndarray  # [W] float32
+    beta: np.ndarray  # [W] float32
+    eps: float
+
+
 def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple: int = 4) -> PackedLinear:
     """q8 [K, N] int8 (symmetric, per output channel), scale [N], bias [N] -> PackedLinear. K is
     padded with zero rows to a multiple of k_multiple: 4 for fc1, panel() for fc2 (whose K is
@@ -114,20 +124,27 @@ def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple:
     return PackedLinear(w, colsum, s, b, k, n)
 
 
-def _check(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear):
-    if (x.ndim < 2 or x.shape[-1] != fc1.k or fc2.k != fc1.n or res.shape != x.shape[:-1] + (fc2.n,)
+def _check(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear, pre: PreNorm | None):
+    width = pre.o_proj.k if pre else fc1.k
+    if (x.ndim < 2 or x.shape[-1] != width or fc2.k != fc1.n or res.shape != x.shape[:-1] + (fc2.n,)
             or x.dtype != np.float32 or res.dtype != np.float32):
-        raise MLPError(f"MLP inputs must be float32 x [..., {fc1.k}] and residual [..., {fc2.n}] alike, got "
+        raise MLPError(f"MLP inputs must be float32 x [..., {width}] and residual [..., {fc2.n}] alike, got "
                        f"{x.shape} {x.dtype}, {res.shape} {res.dtype} (fc2 reads {fc2.k}, fc1 gives {fc1.n})")
+    if pre and not (pre.o_proj.n == fc2.n == fc1.k and pre.gamma.shape == pre.beta.shape == (fc1.k,)
+                    and pre.gamma.dtype == pre.beta.dtype == np.float32):
+        raise MLPError(f"the MLP's o_proj ({pre.o_proj.k} -> {pre.o_proj.n}) and norm ({pre.gamma.shape}) "
+                       f"must give its {fc1.k} inputs and its {fc2.n}-wide residual")
 
 
 def mlp_int8(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear, threads: int,
-             into_res: bool = False) -> np.ndarray:
-    """residual + fc2(gelu_tanh(fc1(x))) over the last axis. into_res: write over res (a
-    contiguous float32 array the caller no longer needs). Raises MLPError on shapes it cannot run
-    or a failed run, RuntimeError where the kernel is not available (check `available()`)."""
+             into_res: bool = False, pre: PreNorm | None = None) -> np.ndarray:
+    """residual + fc2(gelu_tanh(fc1(x))) over the last axis; with `pre`, x is an attention's
+    output and the block is h = residual + o_proj(x), h + fc2(gelu_tanh(fc1(LayerNorm(h)))).
+    into_res: write over res (a contiguous float32 array the caller no longer needs). Raises
+    MLPError on shapes it cannot run or a failed run, RuntimeError where the kernel is not
+    available (check `available()`)."""
     x, res = np.ascontiguousarray(x), np.ascontiguousarray(res)
-    _check(x, res, fc1, fc2)
+    _check(x, res, fc1, fc2, pre)
     lib, why = _load()
     if lib is None:
         raise RuntimeError(why)
@@ -135,12 +152,16 @@ def mlp_int8(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinea
     m = int(np.prod(x.shape[:-1]))
 
     def p(a, t):
-        return a.ctypes.data_as(ctypes.POINTER(t))
+        return a.ctypes.data_as(ctypes.POINTER(t)) if a is not None else None
 
     f32, i8, i32 = ctypes.c_float, ctypes.c_int8, ctypes.c_int32
+    o = pre.o_proj if pre else None
     rc = lib.edgevlm_mlp_int8(p(x, f32), p(res, f32), p(out, f32), m, fc1.k, fc1.n, fc2.n,
                               p(fc1.w, i8), p(fc1.colsum, i32), p(fc1.scale, f32), p(fc1.bias, f32),
-                              p(fc2.w, i8), p(fc2.colsum, i32), p(fc2.scale, f32), p(fc2.bias, f32), int(threads))
+                              p(fc2.w, i8), p(fc2.colsum, i32), p(fc2.scale, f32), p(fc2.bias, f32),
+                              o.k if o else 0, p(o and o.w, i8), p(o and o.colsum, i32), p(o and o.scale, f32),
+                              p(o and o.bias, f32), p(pre and pre.gamma, f32), p(pre and pre.beta, f32),
+                              float(pre.eps) if pre else 0.0, int(threads))
     if rc != 0:
         raise MLPError(f"int8 MLP failed on shape {x.shape} (out of memory or unsupported size)")
     return out
@@ -166,11 +187,20 @@ def _linear(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, layer: PackedLin
     return acc * (scale.astype(np.float64)[:, None] * layer.scale[:layer.n]) + layer.bias[:layer.n]
 
 
-def mlp_reference(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear) -> np.ndarray:
+def layer_norm(h: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    mean = h.mean(axis=-1, keepdims=True)
+    return (h - mean) / np.sqrt(((h - mean) ** 2).mean(axis=-1, keepdims=True) + eps) * gamma + beta
+
+
+def mlp_reference(x: np.ndarray, res: np.ndarray, fc1: PackedLinear, fc2: PackedLinear,
+                  pre: PreNorm | None = None) -> np.ndarray:
     """The kernel's arithmetic in numpy: the same per-row quantization, exact integer products,
     exact GELU (the kernel's is a polynomial within 1e-4). The kernel's oracle."""
-    _check(x, res, fc1, fc2)
-    rows = x.reshape(-1, fc1.k)
+    _check(x, res, fc1, fc2, pre)
+    rows, res = x.reshape(-1, x.shape[-1]), res.reshape(-1, fc2.n)
+    if pre:
+        res = (res + _linear(*quantize_rows(rows), pre.o_proj)).astype(np.float32)
+        rows = layer_norm(res.astype(np.float64), pre.gamma, pre.beta, pre.eps).astype(np.float32)
     h = gelu_tanh(_linear(*quantize_rows(rows), fc1)).astype(np.float32)
     y = _linear(*quantize_rows(h), fc2)
-    return (res.reshape(-1, fc2.n) + y).astype(np.float32).reshape(res.shape)
+    return (res + y).astype(np.float32).reshape(x.shape[:-1] + (fc2.n,))

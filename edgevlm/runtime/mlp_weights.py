@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from edgevlm.errors import BundleError
-from edgevlm.runtime.mlp_kernel import PackedLinear, pack_linear, panel
+from edgevlm.runtime.mlp_kernel import PackedLinear, PreNorm, pack_linear, panel
 from edgevlm.runtime.packed_weights import open_store, tensor_int8
 
 
 def mlp_layers(where: Path, packed: dict | None, spec: dict, stages: list[dict], threads: int = 1) -> dict[int, tuple]:
-    """{stage index: (fc1, fc2) PackedLinear} of every MLP stage; BundleError where a stage names
+    """{stage index: (fc1, fc2, PreNorm or None)} of every MLP stage; BundleError where a stage names
     a weight the store lacks, a bias outside the file, or sizes that do not chain."""
     mlps = {i: s for i, s in enumerate(stages) if s["kind"] == "mlp"}
     if not mlps:
@@ -29,25 +29,41 @@ def mlp_layers(where: Path, packed: dict | None, spec: dict, stages: list[dict],
         raw = np.fromfile(biases, dtype=np.uint8)
     except OSError as exc:
         raise BundleError(f"cannot read {biases.name} ({exc.strerror or type(exc).__name__})") from None
-    jobs = [(i, fc, 4 if fc == "fc1" else panel()) for i in mlps for fc in ("fc1", "fc2")]
+    jobs = [(i, fc, panel() if fc == "fc2" else 4) for i in mlps for fc in ("fc1", "fc2", "o_proj") if fc in mlps[i]]
     # numpy lets go of the GIL in its loops: the layers unpack side by side (SmolVLM: 150 -> 90 ms)
     with ThreadPoolExecutor(max(1, min(threads, 8))) as pool:
         built = list(pool.map(lambda job: _linear(data, by_name, raw, mlps[job[0]][job[1]], job[2], biases.name), jobs))
+    linears = {(i, fc): layer for (i, fc, _), layer in zip(jobs, built)}
     layers = {}
-    for (i, _, _), fc1, fc2 in zip(jobs[::2], built[::2], built[1::2]):
-        if fc2.k != fc1.n:
-            raise BundleError(f"split vision graph: MLP stage {i} has fc1 of {fc1.n} outputs and fc2 of {fc2.k} inputs")
-        layers[i] = (fc1, fc2)
+    for i, stage in mlps.items():
+        fc1, fc2 = linears[i, "fc1"], linears[i, "fc2"]
+        pre = _pre_norm(raw, stage, linears.get((i, "o_proj")), biases.name) if "norm" in stage else None
+        if fc2.k != fc1.n or (pre is not None and not pre.o_proj.n == fc2.n == fc1.k == pre.gamma.size):
+            raise BundleError(f"split vision graph: the linears of MLP stage {i} do not chain "
+                              f"(fc1 {fc1.k} -> {fc1.n}, fc2 {fc2.k} -> {fc2.n})")
+        layers[i] = (fc1, fc2, pre)
     return layers
+
+
+def _floats(raw: np.ndarray, start: int, n: int, what: str, bias_file: str) -> np.ndarray:
+    if start % 4 or start + 4 * n > raw.size:
+        raise BundleError(f"split vision graph: the {what} lies outside {bias_file} or does not match its weight")
+    return raw[start:start + 4 * n].view(np.float32).copy()
+
+
+def _pre_norm(raw: np.ndarray, stage: dict, o_proj: PackedLinear, bias_file: str) -> PreNorm:
+    norm = stage["norm"]
+    return PreNorm(o_proj, _floats(raw, norm["gamma_offset"], norm["n"], "norm's gamma", bias_file),
+                   _floats(raw, norm["beta_offset"], norm["n"], "norm's beta", bias_file), float(norm["epsilon"]))
 
 
 def _linear(data, by_name: dict, raw: np.ndarray, fc: dict, k_multiple: int, bias_file: str) -> PackedLinear:
     t = by_name.get(fc["weight"])
     if t is None:
         raise BundleError(f"split vision graph: MLP weight {fc['weight'][:60]!r} is not in the 4-bit store")
-    start, n = fc["bias_offset"], fc["n"]
-    if n != t["n"] or start % 4 or start + 4 * n > raw.size:
+    if fc["n"] != t["n"]:
         raise BundleError(f"split vision graph: the bias of {fc['weight'][:60]!r} lies outside {bias_file} "
                           "or does not match its weight")
+    bias = _floats(raw, fc["bias_offset"], fc["n"], f"bias of {fc['weight'][:60]!r}", bias_file)
     q8, s8 = tensor_int8(data, t)
-    return pack_linear(q8, s8, raw[start:start + 4 * n].view(np.float32).copy(), k_multiple)
+    return pack_linear(q8, s8, bias, k_multiple)

@@ -154,7 +154,8 @@ def _split_session(bundle: Bundle, path: Path, spec, packed, so: ort.SessionOpti
         return attention_kernel.attention_bf16(q, k, v, heads, scale, threads, into_q=q_free)
 
     def mlp(i, x, res, res_free):
-        return mlp_kernel.mlp_int8(x, res, *layers[i], threads, into_res=res_free)
+        fc1, fc2, pre = layers[i]
+        return mlp_kernel.mlp_int8(x, res, fc1, fc2, threads, into_res=res_free, pre=pre)
 
     if packed is None:
         return SplitVision(_part_sessions(bundle.path, parts, listed, so), stages, attend, mlp)

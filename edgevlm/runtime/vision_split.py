@@ -16,27 +16,48 @@ from edgevlm.errors import BundleError
 # attend(q, k, v, num_heads, scale, q_free) -> out, all float32 [B, N, H*hd]; q_free: no later
 # stage reads q, so the result may overwrite it
 Attend = Callable[[np.ndarray, np.ndarray, np.ndarray, int, float, bool], np.ndarray]
-# mlp(stage index, x, residual, residual_free) -> residual + MLP(x), float32 [B, N, W]
+# mlp(stage index, x, residual, residual_free) -> residual + MLP(x), float32 [B, N, W]; for a stage
+# that starts from its layer's attention, x is the attention's output (see mlp_kernel.PreNorm)
 MLP = Callable[[int, np.ndarray, np.ndarray, bool], np.ndarray]
 
 
 def stage_inputs(stage: dict) -> tuple[str, ...]:
-    return (stage["q"], stage["k"], stage["v"]) if stage["kind"] == "attention" else (stage["x"], stage["residual"])
+    """An attention's q, k, v; an MLP's x and residual, or, where it starts from its layer's
+    attention, that attention's q, k, v and the residual."""
+    if stage["kind"] == "attention":
+        return stage["q"], stage["k"], stage["v"]
+    if "attention" in stage:
+        return stage["attention"]["q"], stage["attention"]["k"], stage["attention"]["v"], stage["residual"]
+    return stage["x"], stage["residual"]
+
+
+def _good_attention(node) -> bool:
+    return (isinstance(node, dict) and all(isinstance(node.get(x), str) for x in ("q", "k", "v", "out"))
+            and type(node.get("num_heads")) is int and 0 < node["num_heads"] <= 4096
+            and type(node.get("scale")) in (int, float) and 0 < node["scale"] < 1e6)
+
+
+def _good_offsets(entry, keys) -> bool:
+    return isinstance(entry, dict) and all(type(entry.get(key)) is int and 0 <= entry[key] < 1 << 40 for key in keys)
 
 
 def _good_stage(node) -> bool:
     if not isinstance(node, dict):
         return False
     if node.get("kind") == "attention":
-        return (all(isinstance(node.get(x), str) for x in ("q", "k", "v", "out"))
-                and type(node.get("num_heads")) is int and 0 < node["num_heads"] <= 4096
-                and type(node.get("scale")) in (int, float) and 0 < node["scale"] < 1e6)
-    if node.get("kind") == "mlp":
-        return (all(isinstance(node.get(x), str) for x in ("x", "residual", "out"))
-                and all(isinstance(node.get(fc), dict) and isinstance(node[fc].get("weight"), str)
-                        and all(type(node[fc].get(key)) is int and 0 <= node[fc][key] < 1 << 40
-                                for key in ("bias_offset", "n")) for fc in ("fc1", "fc2")))
-    return False
+        return _good_attention(node)
+    if node.get("kind") != "mlp":
+        return False
+    linears = ("fc1", "fc2", "o_proj") if "attention" in node else ("fc1", "fc2")
+    if not (all(isinstance(node.get(x), str) for x in ("residual", "out"))
+            and all(_good_offsets(node.get(fc), ("bias_offset", "n")) and isinstance(node[fc].get("weight"), str)
+                    for fc in linears)):
+        return False
+    if "attention" not in node:
+        return isinstance(node.get("x"), str)
+    norm = node.get("norm")
+    return (_good_attention(node["attention"]) and _good_offsets(norm, ("gamma_offset", "beta_offset", "n"))
+            and type(norm.get("epsilon")) in (int, float) and 0 <= norm["epsilon"] < 1)
 
 
 def check_split_spec(spec, graph_file: str, listed) -> tuple[list[str], list[dict]]:
@@ -84,8 +105,11 @@ class SplitVision:
         produced = {x for outs in self._outputs for x in outs} | {n["out"] for n in stages}
         missing = [x for ins in self._inputs for x in ins if x not in produced]
         self._graph_inputs = list({i.name: i for s in sessions for i in s.get_inputs() if i.name in missing}.values())
-        for i, node in enumerate(stages):  # every stage input comes from the part before it
-            if not all(x in self._outputs[i] for x in stage_inputs(node)):
+        for i, node in enumerate(stages):  # q, k, v come from the part right before; a residual from before
+            ins = stage_inputs(node)
+            qkv = ins if node["kind"] == "attention" else ins[:-2 if "attention" not in node else 3]
+            earlier = {x for outs in self._outputs[:i + 1] for x in outs} | {n["out"] for n in stages[:i]}
+            if not all(x in self._outputs[i] for x in qkv) or not all(x in earlier for x in ins):
                 raise BundleError(f"split vision graph: stage {i} reads a tensor part {i} does not produce")
 
     def get_inputs(self):
@@ -106,8 +130,11 @@ class SplitVision:
             free = stage_inputs(node)[-1 if node["kind"] == "mlp" else 0] not in self._keep_after[i]
             if node["kind"] == "attention":
                 values[node["out"]] = self.attend(*ins, node["num_heads"], node["scale"], free)
-            else:
-                values[node["out"]] = self.mlp(i, *ins, free)
+                continue
+            if "attention" in node:  # the layer's attention, then the MLP kernel from its output
+                a = node["attention"]
+                ins = [self.attend(*ins[:3], a["num_heads"], a["scale"], a["q"] not in self._keep_after[i]), ins[3]]
+            values[node["out"]] = self.mlp(i, *ins, free)
         final = {o.name for o in self.get_outputs()}
         names = output_names or [o.name for o in self.get_outputs()]
         return [values[n] for n in names if n in final]

@@ -19,6 +19,7 @@
  *   fc1: Kp = K1 rounded up to 4, Np = N1 rounded up to 64; fc2: Kp = that Np, Np = N2 up to 64.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,6 +50,11 @@ typedef struct {
     float *out;
     int m;
     layer_t fc1, fc2;
+    /* optional: x is the attention's output, and the MLP's input is LN(res + o_proj(x)) */
+    int pre;
+    layer_t o;
+    const float *gamma, *beta;
+    float eps;
     int items, *next, failed;
 } job_t;
 
@@ -155,58 +161,99 @@ static inline KERNEL __m512 dequant(const int32_t *acc, const layer_t *l, int j,
                            _mm512_loadu_ps(l->bias + j));
 }
 
+/* One row of n floats: (h - mean) / sqrt(var + eps) * gamma + beta, the statistics in fp32 over
+ * the row (two passes, as ONNX's LayerNormalization defines them). */
+static KERNEL void layer_norm_row(const float *h, int n, const float *g, const float *bt, float eps, float *x) {
+    __m512 s = _mm512_setzero_ps();
+    int j = 0;
+    const __mmask16 tail = (__mmask16)((1u << (n % 16)) - 1);
+    for (; j + 16 <= n; j += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(h + j));
+    if (tail) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail, h + j));
+    const float mean = _mm512_reduce_add_ps(s) / (float)n;
+    const __m512 mv = _mm512_set1_ps(mean);
+    __m512 v = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= n; j += 16) {
+        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(h + j), mv);
+        v = _mm512_fmadd_ps(d, d, v);
+    }
+    if (tail) {
+        __m512 d = _mm512_maskz_sub_ps(tail, _mm512_maskz_loadu_ps(tail, h + j), mv);
+        v = _mm512_fmadd_ps(d, d, v);
+    }
+    const __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(v) / (float)n + eps));
+    for (j = 0; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? 0xFFFF : tail;
+        __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, h + j), mv), rstd);
+        _mm512_mask_storeu_ps(x + j, m, _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, g + j), _mm512_maskz_loadu_ps(m, bt + j)));
+    }
+}
+
+/* rows x l for one row block (tiles of MR rows, `rows` real), quantized rows q [tiles*MR][l->kp]
+ * with their scales and zero points. gelu: dst[i][c] = gelu(y) for every padded column (dst's
+ * row length l->np); else dst[i][c] = res[i][c] + y for real rows and columns only. */
+static KERNEL void gemm_rows(const uint8_t *q, const layer_t *l, int tiles, int rows, const float *sa, const int *za,
+                             int gelu, const float *res, int ldr, float *dst, int ldd) {
+    int32_t acc[MR * NR] __attribute__((aligned(64)));
+    /* each weight panel is reused by every tile of the block */
+    for (int p = 0; p < l->np; p += NR) {
+        const int8_t *w = l->w + (size_t)p * l->kp;
+        for (int t = 0; t < tiles; t++) {
+            micro(q + (size_t)t * MR * l->kp, l->kp, w, l->kp, acc);
+            for (int r = 0; r < MR && (gelu || t * MR + r < rows); r++) {
+                const int i = t * MR + r;
+                for (int c = 0; c < NV; c++) {
+                    const int col = p + 16 * c;
+                    __m512 y = dequant(acc + r * NR + 16 * c, l, col, sa[i], za[i]);
+                    if (gelu) {
+                        _mm512_storeu_ps(dst + (size_t)i * ldd + col, gelu_tanh(y));
+                        continue;
+                    }
+                    if (col >= l->n) break;
+                    const __mmask16 m = l->n - col >= 16 ? 0xFFFF : (__mmask16)((1u << (l->n - col)) - 1);
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, res + (size_t)i * ldr + col));
+                    _mm512_mask_storeu_ps(dst + (size_t)i * ldd + col, m, y);
+                }
+            }
+        }
+    }
+}
+
 typedef struct {
-    uint8_t *qa, *qh; /* [MB][fc1.kp], [MB][fc2.kp] */
-    float *h;         /* [MB][fc1.np] */
+    uint8_t *qa, *qh, *qo; /* [MB][fc1.kp], [MB][fc2.kp], [MB][o.kp] */
+    float *h;              /* [MB][fc1.np]: GELU(fc1) */
+    float *hres, *xln;     /* [MB][fc2.n], [MB][fc1.k]: res + o_proj(x) and its LayerNorm */
 } buffers_t;
+
+/* Quantize rows r < rows of src (row length n, stride ld) into q [tiles*MR][kp]; padding rows zero. */
+static KERNEL void quantize_block(const float *src, int ld, int n, int kp, int rows, int tiles, uint8_t *q, float *s,
+                                  int *z) {
+    for (int r = 0; r < tiles * MR; r++) {
+        if (r < rows) {
+            quantize_row(src + (size_t)r * ld, n, kp, q + (size_t)r * kp, &s[r], &z[r]);
+        } else { /* padding rows of the last tile: computed, never written out */
+            memset(q + (size_t)r * kp, 0, (size_t)kp);
+            s[r] = 0.0f, z[r] = 0;
+        }
+    }
+}
 
 static KERNEL void row_block(const job_t *j, int r0, const buffers_t *b) {
     const layer_t *f1 = &j->fc1, *f2 = &j->fc2;
     const int rows = j->m - r0 < MB ? j->m - r0 : MB, tiles = (rows + MR - 1) / MR;
     float sa[MB], sh[MB];
     int za[MB], zh[MB];
-    int32_t acc[MR * NR] __attribute__((aligned(64)));
-    for (int r = 0; r < tiles * MR; r++) {
-        if (r < rows) {
-            quantize_row(j->x + (size_t)(r0 + r) * f1->k, f1->k, f1->kp, b->qa + (size_t)r * f1->kp, &sa[r], &za[r]);
-        } else { /* padding rows of the last tile: computed, never written out */
-            memset(b->qa + (size_t)r * f1->kp, 0, (size_t)f1->kp);
-            sa[r] = 0.0f, za[r] = 0;
-        }
+    const float *x = j->x + (size_t)r0 * (j->pre ? j->o.k : f1->k), *res = j->res + (size_t)r0 * f2->n;
+    if (j->pre) { /* res + o_proj(attention) -> hres, its LayerNorm -> the MLP's input */
+        quantize_block(x, j->o.k, j->o.k, j->o.kp, rows, tiles, b->qo, sa, za);
+        gemm_rows(b->qo, &j->o, tiles, rows, sa, za, 0, res, f2->n, b->hres, f2->n);
+        for (int r = 0; r < rows; r++)
+            layer_norm_row(b->hres + (size_t)r * f2->n, f1->k, j->gamma, j->beta, j->eps, b->xln + (size_t)r * f1->k);
+        x = b->xln, res = b->hres;
     }
-    /* fc1 + GELU -> h: each 64-channel weight panel is reused by every tile of the block */
-    for (int p = 0; p < f1->np; p += NR) {
-        const int8_t *w = f1->w + (size_t)p * f1->kp;
-        for (int t = 0; t < tiles; t++) {
-            micro(b->qa + (size_t)t * MR * f1->kp, f1->kp, w, f1->kp, acc);
-            for (int r = 0; r < MR; r++) {
-                float *h = b->h + (size_t)(t * MR + r) * f1->np + p;
-                for (int c = 0; c < NV; c++)
-                    _mm512_storeu_ps(h + 16 * c, gelu_tanh(dequant(acc + r * NR + 16 * c, f1, p + 16 * c, sa[t * MR + r],
-                                                                    za[t * MR + r])));
-            }
-        }
-    }
-    for (int r = 0; r < tiles * MR; r++)
-        quantize_row(b->h + (size_t)r * f1->np, f1->n, f2->kp, b->qh + (size_t)r * f2->kp, &sh[r], &zh[r]);
-    /* fc2 + residual -> out */
-    for (int p = 0; p < f2->np; p += NR) {
-        const int8_t *w = f2->w + (size_t)p * f2->kp;
-        for (int t = 0; t < tiles; t++) {
-            micro(b->qh + (size_t)t * MR * f2->kp, f2->kp, w, f2->kp, acc);
-            for (int r = 0; r < MR && t * MR + r < rows; r++) {
-                const size_t row = (size_t)(r0 + t * MR + r) * f2->n;
-                for (int c = 0; c < NV; c++) {
-                    const int col = p + 16 * c;
-                    if (col >= f2->n) break;
-                    const __mmask16 m = f2->n - col >= 16 ? 0xFFFF : (__mmask16)((1u << (f2->n - col)) - 1);
-                    __m512 y = dequant(acc + r * NR + 16 * c, f2, col, sh[t * MR + r], zh[t * MR + r]);
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, j->res + row + col));
-                    _mm512_mask_storeu_ps(j->out + row + col, m, y);
-                }
-            }
-        }
-    }
+    quantize_block(x, f1->k, f1->k, f1->kp, rows, tiles, b->qa, sa, za);
+    gemm_rows(b->qa, f1, tiles, rows, sa, za, 1, NULL, 0, b->h, f1->np); /* fc1 + GELU */
+    quantize_block(b->h, f1->np, f1->n, f2->kp, tiles * MR, tiles, b->qh, sh, zh);
+    gemm_rows(b->qh, f2, tiles, rows, sh, zh, 0, res, f2->n, j->out + (size_t)r0 * f2->n, f2->n); /* fc2 + residual */
 }
 
 static void *run_blocks(void *arg) {
@@ -215,13 +262,16 @@ static void *run_blocks(void *arg) {
     b.qa = aligned_alloc(64, (size_t)MB * j->fc1.kp + 64);
     b.qh = aligned_alloc(64, (size_t)MB * j->fc2.kp + 64);
     b.h = aligned_alloc(64, sizeof(float) * (size_t)MB * j->fc1.np);
-    if (!b.qa || !b.qh || !b.h) {
+    b.qo = j->pre ? aligned_alloc(64, (size_t)MB * j->o.kp + 64) : NULL;
+    b.hres = j->pre ? aligned_alloc(64, sizeof(float) * (size_t)MB * j->fc2.n + 64) : NULL;
+    b.xln = j->pre ? aligned_alloc(64, sizeof(float) * (size_t)MB * j->fc1.k + 64) : NULL;
+    if (!b.qa || !b.qh || !b.h || (j->pre && (!b.qo || !b.hres || !b.xln))) {
         j->failed = 1;
     } else {
         /* blocks taken one at a time: a thread that loses its core leaves its share to the others */
         for (int w; (w = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED)) < j->items;) row_block(j, w * MB, &b);
     }
-    free(b.qa), free(b.qh), free(b.h);
+    free(b.qa), free(b.qh), free(b.h), free(b.qo), free(b.hres), free(b.xln);
     return NULL;
 }
 
@@ -252,13 +302,19 @@ int edgevlm_mlp_int8_panel(void) { return NR; }
 static int padded(int v, int to) { return (v + to - 1) / to * to; }
 
 /* x [m, k1], res and out [m, n2] fp32 (out may equal res); w1/w2 packed as above with their
- * colsum/scale/bias; k1 real inputs, n1 hidden channels, n2 outputs. The weight pointers must be
- * 64-byte aligned. Returns 0, or -1 on sizes out of range, no memory or a CPU without the ISA. */
+ * colsum/scale/bias; k1 real inputs, n1 hidden channels, n2 outputs:
+ *   out = res + fc2(gelu(fc1(x)))
+ * With wo (not NULL): x [m, ko] is an attention's output, o_proj = wo (ko -> n2) and
+ *   h = res + o_proj(x),  out = h + fc2(gelu(fc1(LayerNorm(h) * gamma + beta)))    (k1 == n2)
+ * The weight pointers must be 64-byte aligned. Returns 0, or -1 on sizes out of range, no memory or
+ * a CPU without the ISA. */
 int edgevlm_mlp_int8(const float *x, const float *res, float *out, int m, int k1, int n1, int n2, const int8_t *w1,
                      const int32_t *cs1, const float *s1, const float *b1, const int8_t *w2, const int32_t *cs2,
-                     const float *s2, const float *b2, int threads) {
+                     const float *s2, const float *b2, int ko, const int8_t *wo, const int32_t *cso, const float *so,
+                     const float *bo, const float *gamma, const float *beta, float eps, int threads) {
     if (m <= 0 || k1 <= 0 || n1 <= 0 || n2 <= 0 || k1 > (1 << 16) || n1 > (1 << 16) || n2 > (1 << 16) ||
-        m > (1 << 24) || ((uintptr_t)w1 | (uintptr_t)w2) % 64)
+        m > (1 << 24) || ((uintptr_t)w1 | (uintptr_t)w2 | (uintptr_t)wo) % 64 ||
+        (wo && (k1 != n2 || ko <= 0 || ko > (1 << 16) || !(eps >= 0.0f))))
         return -1;
     if (!edgevlm_mlp_int8_supported()) return -1;
     const int items = (m + MB - 1) / MB;
@@ -269,7 +325,9 @@ int edgevlm_mlp_int8(const float *x, const float *res, float *out, int m, int k1
     job_t jobs[64];
     const layer_t fc1 = {w1, cs1, s1, b1, k1, n1, padded(k1, 4), padded(n1, NR)};
     const layer_t fc2 = {w2, cs2, s2, b2, n1, n2, padded(n1, NR), padded(n2, NR)};
-    for (int t = 0; t < threads; t++) jobs[t] = (job_t){x, res, out, m, fc1, fc2, items, &next, 0};
+    const layer_t o = {wo, cso, so, bo, ko, n2, padded(ko > 0 ? ko : 1, 4), padded(n2, NR)};
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (job_t){x, res, out, m, fc1, fc2, wo != NULL, o, gamma, beta, eps, items, &next, 0};
     pthread_t tid[64];
     char started[64] = {0};
     for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_blocks, &jobs[t]) == 0;
