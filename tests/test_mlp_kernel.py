@@ -149,3 +149,17 @@ def test_pre_norm_of_the_wrong_width_is_refused():
     fc1, fc2, _ = _mlp(32, 64)
     with pytest.raises(MLPError, match="o_proj"):
         mlp_int8(np.zeros((1, 2, 16), np.float32), np.zeros((1, 2, 32), np.float32), fc1, fc2, 1, pre=pre)
+
+
+@needs_kernel
+def test_mlp_benchmark_runs(capsys):
+    """benchmarks/mlp_bench.py (the layer kernel against ONNX Runtime's dynamic int8 layer)."""
+    import json
+
+    from edgevlm.benchmarks.mlp_bench import main
+
+    main(["--threads", "1", "--repeat", "1"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["width"] for r in report["rows"]] == [768, 768, 128]
+    # per-row activations: no worse against fp32 than ONNX Runtime's per-tensor ones
+    assert all(0 < r["kernel_rel_rms_vs_fp32"] <= r["onnxruntime_rel_rms_vs_fp32"] < 0.05 for r in report["rows"])
