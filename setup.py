@@ -14,6 +14,7 @@ from setuptools import Extension, setup
 ATTENTION = Extension(
     "edgevlm.runtime._attention_bf16",
     sources=["kernels/csrc/attention_bf16.c"],
+    depends=["kernels/csrc/workers.h"],
     extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
     extra_link_args=["-lpthread", "-lm"],
     optional=True,
@@ -23,6 +24,7 @@ ATTENTION = Extension(
 MLP = Extension(
     "edgevlm.runtime._mlp_int8",
     sources=["kernels/csrc/mlp_int8.c"],
+    depends=["kernels/csrc/workers.h"],
     extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
     extra_link_args=["-lpthread", "-lm"],
     optional=True,

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "workers.h"
+
 #define DMAX 64 /* head sizes 32 and 64 */
 #define KB 64 /* keys per softmax block */
 #define RB 4  /* query rows per micro tile */
@@ -238,6 +240,8 @@ int edgevlm_attention_bf16_supported(void) {
            __builtin_cpu_supports("avx512bf16");
 }
 
+static void *job_of(int t, void *jobs) { return (job_t *)jobs + t; }
+
 /* q, k, v, out: fp32 [batch, n, heads * head_dim], row-major. Returns 0 on success, -1 when the
  * head size is not 32 or 64, a size is out of range, a buffer cannot be had, or the CPU lacks the ISA. */
 int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float *out, int batch,
@@ -256,8 +260,7 @@ int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float
     for (int t = 0; t < threads; t++)
         jobs[t] = (job_t){q, k, v, out, n, heads, head_dim, items, &next, scale, 0};
     char started[64] = {0};
-    for (int t = 1; t < threads; t++) /* a thread that cannot start just takes no items */
-        started[t] = pthread_create(&tid[t], NULL, run_heads, &jobs[t]) == 0;
+    start_workers(tid, started, threads, run_heads, job_of, jobs); /* one that cannot start takes no items */
     run_heads(&jobs[0]);
     int failed = jobs[0].failed;
     for (int t = 1; t < threads; t++) {

@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "workers.h"
+
 #ifndef MR
 #define MR 8 /* rows per micro tile */
 #endif
@@ -301,6 +303,8 @@ int edgevlm_mlp_int8_panel(void) { return NR; }
 
 static int padded(int v, int to) { return (v + to - 1) / to * to; }
 
+static void *job_of(int t, void *jobs) { return (job_t *)jobs + t; }
+
 /* x [m, k1], res and out [m, n2] fp32 (out may equal res); w1/w2 packed as above with their
  * colsum/scale/bias; k1 real inputs, n1 hidden channels, n2 outputs:
  *   out = res + fc2(gelu(fc1(x)))
@@ -330,7 +334,7 @@ int edgevlm_mlp_int8(const float *x, const float *res, float *out, int m, int k1
         jobs[t] = (job_t){x, res, out, m, fc1, fc2, wo != NULL, o, gamma, beta, eps, items, &next, 0};
     pthread_t tid[64];
     char started[64] = {0};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_blocks, &jobs[t]) == 0;
+    start_workers(tid, started, threads, run_blocks, job_of, jobs); /* one that cannot start takes no items */
     run_blocks(&jobs[0]);
     int failed = jobs[0].failed;
     for (int t = 1; t < threads; t++)
