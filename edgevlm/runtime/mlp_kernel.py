@@ -95,17 +95,26 @@ class PreNorm:
     eps: float
 
 
-def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple: int = 4) -> PackedLinear:
+def packed_size(k: int, n: int, k_multiple: int = 4) -> int:
+    """Bytes of pack_linear's w for a [k, n] weight."""
+    return _up(k, k_multiple) * _up(n, panel())
+
+
+def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple: int = 4,
+                into: np.ndarray | None = None) -> PackedLinear:
     """q8 [K, N] int8 (symmetric, per output channel), scale [N], bias [N] -> PackedLinear. K is
     padded with zero rows to a multiple of k_multiple: 4 for fc1, panel() for fc2 (whose K is
-    fc1's padded N)."""
+    fc1's padded N). into: where to write w (int8, packed_size bytes, 64-byte aligned), else a new
+    array."""
     k, n = q8.shape
     if scale.shape != (n,) or bias.shape != (n,) or q8.dtype != np.int8:
         raise MLPError(f"an int8 linear needs q8 [K, N] int8 with scale and bias [N], got {q8.shape} "
                        f"{q8.dtype}, {scale.shape}, {bias.shape}")
     nr = panel()
     kp, np_ = _up(k, k_multiple), _up(n, nr)
-    w = _aligned_int8(kp * np_)
+    w = _aligned_int8(kp * np_) if into is None else into
+    if w.size != kp * np_ or w.dtype != np.int8 or w.ctypes.data % 64:
+        raise MLPError(f"pack_linear needs {kp * np_} aligned int8 bytes to write into, got {w.size} {w.dtype}")
     colsum = np.zeros(np_, np.int32)
     lib, _ = _load()
     if lib is not None and not _NUMPY_PACK:  # the same layout in C, faster than numpy's strided copy

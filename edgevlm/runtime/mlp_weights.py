@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevlm.errors import BundleError
-from edgevlm.runtime.mlp_kernel import PackedLinear, PreNorm, pack_linear, panel
+from edgevlm.runtime.mlp_kernel import PackedLinear, PreNorm, pack_linear, packed_size, panel
 from edgevlm.runtime.packed_weights import open_store, tensor_int8
 
 
@@ -30,9 +30,22 @@ def mlp_layers(where: Path, packed: dict | None, spec: dict, stages: list[dict],
     except OSError as exc:
         raise BundleError(f"cannot read {biases.name} ({exc.strerror or type(exc).__name__})") from None
     jobs = [(i, fc, panel() if fc == "fc2" else 4) for i in mlps for fc in ("fc1", "fc2", "o_proj") if fc in mlps[i]]
+    for i, fc, _ in jobs:
+        if mlps[i][fc]["weight"] not in by_name:
+            raise BundleError(f"split vision graph: MLP weight {mlps[i][fc]['weight'][:60]!r} is not in the 4-bit store")
+    # All packed weights in one block (SmolVLM: 64 MB): an allocation that large is always its own
+    # mapping, given back whole when the model goes; weight by weight they came from the heap,
+    # where a second load in the same process (edgevlm bench) left them fragmented: peak RSS +30 MB.
+    sizes = [packed_size(by_name[mlps[i][fc]["weight"]]["k"], by_name[mlps[i][fc]["weight"]]["n"], m)
+             for i, fc, m in jobs]
+    ends = np.cumsum([_up64(s) for s in sizes])
+    block = np.empty(int(ends[-1]) + 64, np.int8)
+    start = -block.ctypes.data % 64
+    slots = [block[start + int(e) - _up64(s):start + int(e) - _up64(s) + s] for e, s in zip(ends, sizes)]
     # numpy lets go of the GIL in its loops: the layers unpack side by side (SmolVLM: 150 -> 90 ms)
     with ThreadPoolExecutor(max(1, min(threads, 8))) as pool:
-        built = list(pool.map(lambda job: _linear(data, by_name, raw, mlps[job[0]][job[1]], job[2], biases.name), jobs))
+        built = list(pool.map(lambda js: _linear(data, by_name, raw, mlps[js[0][0]][js[0][1]], js[0][2], biases.name,
+                                                 js[1]), zip(jobs, slots)))
     linears = {(i, fc): layer for (i, fc, _), layer in zip(jobs, built)}
     layers = {}
     for i, stage in mlps.items():
@@ -57,13 +70,16 @@ def _pre_norm(raw: np.ndarray, stage: dict, o_proj: PackedLinear, bias_file: str
                    _floats(raw, norm["beta_offset"], norm["n"], "norm's beta", bias_file), float(norm["epsilon"]))
 
 
-def _linear(data, by_name: dict, raw: np.ndarray, fc: dict, k_multiple: int, bias_file: str) -> PackedLinear:
-    t = by_name.get(fc["weight"])
-    if t is None:
-        raise BundleError(f"split vision graph: MLP weight {fc['weight'][:60]!r} is not in the 4-bit store")
+def _up64(size: int) -> int:
+    return -(-size // 64) * 64
+
+
+def _linear(data, by_name: dict, raw: np.ndarray, fc: dict, k_multiple: int, bias_file: str,
+            into: np.ndarray) -> PackedLinear:
+    t = by_name[fc["weight"]]
     if fc["n"] != t["n"]:
         raise BundleError(f"split vision graph: the bias of {fc['weight'][:60]!r} lies outside {bias_file} "
                           "or does not match its weight")
     bias = _floats(raw, fc["bias_offset"], fc["n"], f"bias of {fc['weight'][:60]!r}", bias_file)
     q8, s8 = tensor_int8(data, t)
-    return pack_linear(q8, s8, bias, k_multiple)
+    return pack_linear(q8, s8, bias, k_multiple, into)
