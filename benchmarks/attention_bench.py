@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 
+from edgevlm.benchmarks.alternate import alternate
 from edgevlm.export.vision_split import ort_attention
 from edgevlm.runtime.attention_kernel import attention_bf16, attention_reference, available
 
@@ -35,14 +34,7 @@ def bench(threads: int, repeat: int) -> list[dict]:
         scale = hd ** -0.5
         runs = {"onnxruntime": lambda: reference(q, k, v, heads, scale),
                 "bf16 kernel": lambda: attention_bf16(q, k, v, heads, scale, threads)}
-        times = {name: [] for name in runs}
-        for i in range(repeat + 3):
-            for name, fn in runs.items():
-                t = time.perf_counter()
-                fn()
-                if i >= 3:  # warm-up
-                    times[name].append((time.perf_counter() - t) * 1e3)
-        med = {name: statistics.median(ts) for name, ts in times.items()}
+        med = alternate(runs, repeat)
         want = attention_reference(q, k, v, heads, scale)
         got = attention_bf16(q, k, v, heads, scale, threads)
         flops = 4 * n * n * heads * hd  # two products, multiply-adds counted as 2

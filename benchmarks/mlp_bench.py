@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 
+from edgevlm.benchmarks.alternate import alternate
 from edgevlm.runtime.mlp_kernel import PreNorm, available, gelu_tanh, layer_norm, mlp_int8, pack_linear, panel
 
 # (label, tokens, width, MLP hidden size)
@@ -83,14 +82,7 @@ def bench(threads: int, repeat: int) -> list[dict]:
         session = _ort_layer(layers, gamma, beta, threads)
         runs = {"onnxruntime": lambda: session.run(None, {"a": a, "r": r})[0],
                 "int8 kernel": lambda: mlp_int8(a, r, fc1, fc2, threads, pre=pre)}
-        times = {name: [] for name in runs}
-        for i in range(repeat + 3):
-            for name, fn in runs.items():
-                t = time.perf_counter()
-                fn()
-                if i >= 3:  # warm-up
-                    times[name].append((time.perf_counter() - t) * 1e3)
-        med = {name: statistics.median(ts) for name, ts in times.items()}
+        med = alternate(runs, repeat)
         h = r + a @ layers["o"][3] + layers["o"][2]
         fp32 = h + gelu_tanh(layer_norm(h, gamma, beta, EPS) @ layers["fc1"][3] + layers["fc1"][2]) @ layers["fc2"][3] \
             + layers["fc2"][2]

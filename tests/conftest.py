@@ -57,3 +57,12 @@ def tiny_bundle(tmp_path_factory):
     export_bundle(model, tokenizer, out, preprocess=pre.to_dict(), prompt=prompt.to_dict(), special_tokens=special,
                   generation=gen.to_dict(), progress=False)
     return out, model, pre
+
+
+def cpu_has(*flags: str) -> bool:
+    """Whether /proc/cpuinfo lists every one of `flags` (False where it cannot be read)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return all(f" {flag}" in text for flag in flags)

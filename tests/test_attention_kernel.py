@@ -4,14 +4,11 @@ import numpy as np
 import pytest
 
 from edgevlm.runtime.attention_kernel import AttentionError, attention_bf16, attention_reference, available
+from tests.conftest import cpu_has
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags and " avx512bw" in flags
+    return cpu_has("avx512_bf16", "avx512bw")
 
 
 # On a CPU with AVX-512 BF16 the kernel must be built and load: a missing library fails here, it is

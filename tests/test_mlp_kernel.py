@@ -5,18 +5,12 @@ import pytest
 
 from edgevlm.runtime.mlp_kernel import (MLPError, available, gelu_tanh, mlp_int8, mlp_reference, pack_linear,
                                         panel)
-
-
-def cpu_has_vnni() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags and " avx512bw" in flags
+from tests.conftest import cpu_has
+from tests.test_attention_kernel import _rel_rms
 
 
 # On a CPU with AVX-512 VNNI the kernel must be built and load: a missing library fails here.
-needs_kernel = pytest.mark.skipif(not cpu_has_vnni(), reason="this CPU lacks AVX-512 VNNI")
+needs_kernel = pytest.mark.skipif(not cpu_has("avx512_vnni", "avx512bw"), reason="this CPU lacks AVX-512 VNNI")
 
 
 def _layer(rng, k, n, std=0.03):
@@ -30,10 +24,6 @@ def _mlp(k, hidden, n=None, seed=0):
     rng = np.random.default_rng(seed)
     (q1, s1, b1), (q2, s2, b2) = _layer(rng, k, hidden), _layer(rng, hidden, n or k)
     return pack_linear(q1, s1, b1), pack_linear(q2, s2, b2, panel()), (q1 * s1, b1, q2 * s2, b2)
-
-
-def _rel_rms(got, want):
-    return float(np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()))
 
 
 @needs_kernel

@@ -256,18 +256,10 @@ int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float
     if (threads > items) threads = items;
     job_t jobs[64];
     int next = 0;
-    pthread_t tid[64];
     for (int t = 0; t < threads; t++)
         jobs[t] = (job_t){q, k, v, out, n, heads, head_dim, items, &next, scale, 0};
-    char started[64] = {0};
-    start_workers(tid, started, threads, run_heads, job_of, jobs); /* one that cannot start takes no items */
-    run_heads(&jobs[0]);
-    int failed = jobs[0].failed;
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) {
-            pthread_join(tid[t], NULL);
-            failed |= jobs[t].failed;
-        }
-    }
+    run_workers(threads, run_heads, job_of, jobs);
+    int failed = 0;
+    for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
     return failed ? -1 : 0;
 }

@@ -332,15 +332,8 @@ int edgevlm_mlp_int8(const float *x, const float *res, float *out, int m, int k1
     const layer_t o = {wo, cso, so, bo, ko, n2, padded(ko > 0 ? ko : 1, 4), padded(n2, NR)};
     for (int t = 0; t < threads; t++)
         jobs[t] = (job_t){x, res, out, m, fc1, fc2, wo != NULL, o, gamma, beta, eps, items, &next, 0};
-    pthread_t tid[64];
-    char started[64] = {0};
-    start_workers(tid, started, threads, run_blocks, job_of, jobs); /* one that cannot start takes no items */
-    run_blocks(&jobs[0]);
-    int failed = jobs[0].failed;
-    for (int t = 1; t < threads; t++)
-        if (started[t]) {
-            pthread_join(tid[t], NULL);
-            failed |= jobs[t].failed;
-        }
+    run_workers(threads, run_blocks, job_of, jobs);
+    int failed = 0;
+    for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
     return failed ? -1 : 0;
 }

@@ -11,16 +11,19 @@
 #include <pthread.h>
 #include <sched.h>
 
-/* started[t] = 1 for each t in 1..n-1 whose thread runs fn(arg_of(t)). A thread that cannot start
- * (or an affinity that cannot be set) is not an error: the work items are shared dynamically. */
-static void start_workers(pthread_t *tid, char *started, int n, void *(*fn)(void *), void *(*arg_of)(int, void *),
-                          void *ctx) {
+/* Run fn(arg_of(t, ctx)) for t in 0..n-1: t = 0 on the calling thread, the others on helper
+ * threads started as above, and wait for them. A helper that cannot start (or an affinity that
+ * cannot be set) is not an error: the kernels share their work items dynamically. */
+static void run_workers(int n, void *(*fn)(void *), void *(*arg_of)(int, void *), void *ctx) {
+    pthread_t tid[64];
+    char started[64] = {0};
     cpu_set_t others;
     int use_affinity = 0, me = sched_getcpu();
     if (me >= 0 && sched_getaffinity(0, sizeof(others), &others) == 0 && CPU_ISSET(me, &others)) {
         CPU_CLR(me, &others);
         use_affinity = CPU_COUNT(&others) > 0;
     }
+    if (n > 64) n = 64;
     for (int t = 1; t < n; t++) {
         pthread_attr_t attr;
         int have_attr = pthread_attr_init(&attr) == 0;
@@ -28,6 +31,9 @@ static void start_workers(pthread_t *tid, char *started, int n, void *(*fn)(void
         started[t] = pthread_create(&tid[t], have_attr ? &attr : NULL, fn, arg_of(t, ctx)) == 0;
         if (have_attr) pthread_attr_destroy(&attr);
     }
+    fn(arg_of(0, ctx));
+    for (int t = 1; t < n; t++)
+        if (started[t]) pthread_join(tid[t], NULL);
 }
 
 #endif
