@@ -36,8 +36,9 @@ def _print_roofline(r: dict) -> None:
 @click.option("--model-format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="ort: time the bundle's ORT-format graphs (a bundle exported with --format ort).")
 @click.option("--vision-attention", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
-              help="auto: a quantized bundle's vision attention on edgevlm's bf16 kernel where the CPU has "
-                   "AVX-512 BF16, else ONNX Runtime's fp32; bf16: the kernel or an error; fp32: ONNX Runtime.")
+              help="auto: a quantized bundle's vision attention on edgevlm's bf16 kernel (and, at int4/mixed, "
+                   "the rest of each layer on its int8 kernel) where the CPU has AVX-512 BF16 and VNNI, else "
+                   "the whole tower on ONNX Runtime; bf16: the kernels or an error; fp32: ONNX Runtime.")
 @click.option("--roofline", is_flag=True,
               help="Also measure GEMM peaks and memory bandwidth here and give each stage as a fraction of its limit.")
 @click.option("--roofline-quick", is_flag=True, help="--roofline on smaller buffers (well under a second; for tests).")

@@ -74,8 +74,9 @@ def _stream_printer(prompter):
 @click.option("--model-format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="ort: run the bundle's ORT-format graphs (a bundle exported with --format ort).")
 @click.option("--vision-attention", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
-              help="auto: a quantized bundle's vision attention on edgevlm's bf16 kernel where the CPU has "
-                   "AVX-512 BF16, else ONNX Runtime's fp32; bf16: the kernel or an error; fp32: ONNX Runtime.")
+              help="auto: a quantized bundle's vision attention on edgevlm's bf16 kernel (and, at int4/mixed, "
+                   "the rest of each layer on its int8 kernel) where the CPU has AVX-512 BF16 and VNNI, else "
+                   "the whole tower on ONNX Runtime; bf16: the kernels or an error; fp32: ONNX Runtime.")
 @click.option("--timeout", type=float, help="Give up on one caption after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (caption, tokens, timings).")
 @click.option("--stream", is_flag=True, help="Print the caption token by token as it is generated.")

@@ -123,7 +123,9 @@ def _here(path):
 def test_kernel_path_is_chosen_and_agrees_with_onnxruntime(split_bundles, quant):
     fast = edgevlm.load(split_bundles[quant], threads=2)
     slow = edgevlm.load(split_bundles[quant], threads=2, vision_attention="fp32")
-    assert fast.vision_attention == "bf16 kernel (edgevlm)" and slow.vision_attention == "onnxruntime"
+    assert fast.vision_attention == {"int8": "bf16 kernel (edgevlm)",
+                                     "int4": "bf16 kernel (edgevlm), int8 layer kernel"}[quant]
+    assert slow.vision_attention == "onnxruntime"
     got, want = fast.encode_tiles(_pixels(3)), slow.encode_tiles(_pixels(3))
     assert got.shape == want.shape == (3, 16, 64)
     assert np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()) < 0.02  # bf16 q/k/v and probabilities
@@ -225,7 +227,7 @@ def test_split_packed_bundle_leaves_no_temporary_files(split_bundles, tmp_path, 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)
     vlm = edgevlm.load(split_bundles["int4"], threads=1)
-    assert vlm.vision_attention == "bf16 kernel (edgevlm)"
+    assert vlm.vision_attention == "bf16 kernel (edgevlm), int8 layer kernel"
     vlm.encode_tiles(_pixels(1))
     assert list(tmp_path.iterdir()) == []
 

@@ -160,8 +160,12 @@ class VLM:
 
     @property
     def vision_attention(self) -> str:
-        """Which code runs the vision tower's attention: "bf16 kernel (edgevlm)" or "onnxruntime"."""
-        return "bf16 kernel (edgevlm)" if isinstance(self.sessions["vision_encoder"], SplitVision) else "onnxruntime"
+        """Which code runs the vision tower's attention: "bf16 kernel (edgevlm)" (with ", int8 layer
+        kernel" where the rest of each layer runs on it too) or "onnxruntime"."""
+        vision = self.sessions["vision_encoder"]
+        if not isinstance(vision, SplitVision):
+            return "onnxruntime"
+        return "bf16 kernel (edgevlm)" + (", int8 layer kernel" if vision.mlp_stages else "")
 
     @property
     def path(self) -> Path:

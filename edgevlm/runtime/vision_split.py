@@ -105,11 +105,12 @@ class SplitVision:
         produced = {x for outs in self._outputs for x in outs} | {n["out"] for n in stages}
         missing = [x for ins in self._inputs for x in ins if x not in produced]
         self._graph_inputs = list({i.name: i for s in sessions for i in s.get_inputs() if i.name in missing}.values())
-        for i, node in enumerate(stages):  # q, k, v come from the part right before; a residual from before
+        self.mlp_stages = sum(s["kind"] == "mlp" for s in stages)
+        for i, node in enumerate(stages):  # q, k, v (or x) from the part right before; a residual from before
             ins = stage_inputs(node)
-            qkv = ins if node["kind"] == "attention" else ins[:-2 if "attention" not in node else 3]
+            direct = ins if node["kind"] == "attention" else ins[:-1]
             earlier = {x for outs in self._outputs[:i + 1] for x in outs} | {n["out"] for n in stages[:i]}
-            if not all(x in self._outputs[i] for x in qkv) or not all(x in earlier for x in ins):
+            if not all(x in self._outputs[i] for x in direct) or ins[-1] not in earlier:
                 raise BundleError(f"split vision graph: stage {i} reads a tensor part {i} does not produce")
 
     def get_inputs(self):
