@@ -4,7 +4,8 @@
  * other CPU looks idle and wake-affine placement keeps it close), and the two share one core until
  * the load balancer moves one, milliseconds later. Measured on the 2-core VM after a 0.25 s idle:
  * a SmolVLM tile +15-26 ms, all of it in the first layers' kernel calls. Restricting each helper to
- * "any allowed CPU but the caller's" places it on a free core at once. */
+ * "any allowed CPU but the caller's" places it on a free core at once. Linux/glibc only (elsewhere
+ * the helpers start where the system puts them). */
 #ifndef EDGEVLM_WORKERS_H
 #define EDGEVLM_WORKERS_H
 
@@ -17,17 +18,21 @@
 static void run_workers(int n, void *(*fn)(void *), void *(*arg_of)(int, void *), void *ctx) {
     pthread_t tid[64];
     char started[64] = {0};
+    if (n > 64) n = 64;
+#if defined(__linux__) && defined(__GLIBC__)
     cpu_set_t others;
     int use_affinity = 0, me = sched_getcpu();
     if (me >= 0 && sched_getaffinity(0, sizeof(others), &others) == 0 && CPU_ISSET(me, &others)) {
         CPU_CLR(me, &others);
         use_affinity = CPU_COUNT(&others) > 0;
     }
-    if (n > 64) n = 64;
+#endif
     for (int t = 1; t < n; t++) {
         pthread_attr_t attr;
         int have_attr = pthread_attr_init(&attr) == 0;
+#if defined(__linux__) && defined(__GLIBC__)
         if (have_attr && use_affinity) pthread_attr_setaffinity_np(&attr, sizeof(others), &others);
+#endif
         started[t] = pthread_create(&tid[t], have_attr ? &attr : NULL, fn, arg_of(t, ctx)) == 0;
         if (have_attr) pthread_attr_destroy(&attr);
     }
