@@ -7,28 +7,26 @@ machine class's disk: a bare `torch` requirement would pull a multi-GB CUDA buil
 
 from setuptools import Extension, setup
 
-# The bf16 vision attention kernel (edgevlm/runtime/attention_kernel.py loads it with ctypes; no
-# Python API). Optional: without a C compiler the install still succeeds and the runtime runs
-# attention on ONNX Runtime. Only the kernel functions are compiled for AVX-512 (target attributes),
-# so the library loads on any x86-64 and says whether the CPU can run it.
-ATTENTION = Extension(
-    "edgevlm.runtime._attention_bf16",
-    sources=["kernels/csrc/attention_bf16.c"],
-    depends=["kernels/csrc/workers.h"],
-    extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
-    extra_link_args=["-lpthread", "-lm"],
-    optional=True,
-)
-# The int8 vision MLP kernel (edgevlm/runtime/mlp_kernel.py), the same way: ctypes, optional,
-# AVX-512 VNNI only inside the kernel functions.
-MLP = Extension(
-    "edgevlm.runtime._mlp_int8",
-    sources=["kernels/csrc/mlp_int8.c"],
-    depends=["kernels/csrc/workers.h"],
-    extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
-    extra_link_args=["-lpthread", "-lm"],
-    optional=True,
-)
+
+def kernel(name: str) -> Extension:
+    """One of our C kernels (kernels/csrc/NAME.c) as edgevlm.runtime._NAME, which the runtime loads
+    with ctypes (no Python API). Optional: without a C compiler the install still succeeds and the
+    runtime runs the vision tower on ONNX Runtime. Only the kernel functions are compiled for
+    AVX-512 (target attributes), so the library loads on any x86-64 and says whether the CPU can
+    run it."""
+    return Extension(
+        f"edgevlm.runtime._{name}",
+        sources=[f"kernels/csrc/{name}.c"],
+        depends=["kernels/csrc/workers.h"],
+        extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
+        extra_link_args=["-lpthread", "-lm"],
+        optional=True,
+    )
+
+
+# the bf16 vision attention (attention_kernel.py) and the int8 vision layer (mlp_kernel.py)
+KERNELS = [kernel("attention_bf16"), kernel("mlp_int8")]
+
 
 RUNTIME = [
     "numpy>=1.24",
@@ -67,7 +65,7 @@ setup(
         "edgevlm.benchmarks": "benchmarks",
     },
     package_data={"edgevlm": ["assets/default/*", "assets/samples/*"]},
-    ext_modules=[ATTENTION, MLP],
+    ext_modules=KERNELS,
     install_requires=RUNTIME,
     extras_require={"export": TORCH_SIDE, "train": TORCH_SIDE, "bench": BENCH, "dev": DEV},
     entry_points={"console_scripts": ["edgevlm=edgevlm.cli:main"]},

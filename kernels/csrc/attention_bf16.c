@@ -233,12 +233,7 @@ static KERNEL void *run_heads(void *arg) {
 }
 
 /* 1 when this CPU runs the kernel (AVX-512 F/BW/VL/DQ and BF16). */
-int edgevlm_attention_bf16_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bf16");
-}
+int edgevlm_attention_bf16_supported(void) { return has_avx512_core() && __builtin_cpu_supports("avx512bf16"); }
 
 static void *job_of(int t, void *jobs) { return (job_t *)jobs + t; }
 
@@ -251,10 +246,8 @@ int edgevlm_attention_bf16(const float *q, const float *k, const float *v, float
         return -1;
     if (!edgevlm_attention_bf16_supported()) return -1;
     const int items = batch * heads;
-    if (threads < 1) threads = 1;
-    if (threads > 64) threads = 64;
-    if (threads > items) threads = items;
-    job_t jobs[64];
+    threads = worker_count(threads, items);
+    job_t jobs[MAX_WORKERS];
     int next = 0;
     for (int t = 0; t < threads; t++)
         jobs[t] = (job_t){q, k, v, out, n, heads, head_dim, items, &next, scale, 0};

@@ -1,22 +1,26 @@
-/* The vision tower's MLP, out = residual + fc2(gelu_tanh(fc1(x))), in int8 with int32
- * accumulation (AVX-512 VNNI), all in one call.
+/* The vision tower's layer after its attention, in int8 with int32 accumulation (AVX-512 VNNI),
+ * all in one call:
+ *   out = residual + fc2(gelu_tanh(fc1(x)))                                 (an MLP alone), or
+ *   h = residual + o_proj(a), out = h + fc2(gelu_tanh(fc1(LayerNorm(h))))  (from the attention's a)
  *
- * Why: ONNX Runtime runs it as four ops (DynamicQuantizeMatMul, FastGelu, DynamicQuantizeLinear,
- * DynamicQuantizeMatMul), and between them the [N, 3072] fp32 activation makes three round trips
- * through memory (12.6 MB each at SigLIP's shape). Here a block of rows goes fc1 -> GELU ->
- * quantize -> fc2 while it sits in L2.
+ * Why: ONNX Runtime runs it op by op (DynamicQuantizeMatMul, Add, LayerNormalization,
+ * DynamicQuantizeMatMul, FastGelu, DynamicQuantizeLinear, DynamicQuantizeMatMul, Add), and between
+ * them the [N, 3072] fp32 activation makes three round trips through memory (12.6 MB each at
+ * SigLIP's shape). Here a block of rows goes through all of it while it sits in L2.
  *
- * Quantization: weights int8, symmetric, one scale per output channel (the bundle's own); the two
- * activations (x and the GELU output) uint8, asymmetric, one scale and zero point per row (finer
- * than ONNX Runtime's one per tensor, and what lets a row block be finished alone).
+ * Quantization: weights int8, symmetric, one scale per output channel (the bundle's own); the
+ * activations (the input, the norm's output, the GELU output) uint8, asymmetric, one scale and
+ * zero point per row (finer than ONNX Runtime's one per tensor, and what lets a row block be
+ * finished alone).
  *   y[i, j] = sa[i] * sw[j] * (sum_k qa[i, k] * qw[k, j] - za[i] * colsum_w[j]) + bias[j]
  *
- * Layouts:
+ * Layouts (NR = the panel width, edgevlm_mlp_int8_panel()):
  *   x [M, K1], residual and out [M, N2]     fp32 row-major (out may be the residual itself)
- *   w packed [Np/64][Kp/4][64][4] int8      64 output channels per panel; each 32-bit word holds
+ *   w packed [Np/NR][Kp/4][NR][4] int8      NR output channels per panel; each 32-bit word holds
  *                                           4 consecutive k of one channel (vpdpbusd's operand)
  *   colsum [Np] int32, scale [Np], bias [Np] fp32, zero past the real N
- *   fc1: Kp = K1 rounded up to 4, Np = N1 rounded up to 64; fc2: Kp = that Np, Np = N2 up to 64.
+ *   fc1 and o_proj: Kp = K rounded up to 4, Np = N rounded up to NR; fc2: Kp = fc1's Np,
+ *   Np = N2 rounded up to NR.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -278,12 +282,7 @@ static void *run_blocks(void *arg) {
 }
 
 /* 1 when this CPU runs the kernel (AVX-512 F/BW/VL/DQ and VNNI). */
-int edgevlm_mlp_int8_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni");
-}
+int edgevlm_mlp_int8_supported(void) { return has_avx512_core() && __builtin_cpu_supports("avx512vnni"); }
 
 /* q8 [k, n] int8 row-major -> w [np/NR][kp/4][NR][4] (zero past k and n) and colsum [np]
  * (the column sums of q8, zero past n). The layout the kernel reads; done once per weight at load. */
@@ -322,11 +321,9 @@ int edgevlm_mlp_int8(const float *x, const float *res, float *out, int m, int k1
         return -1;
     if (!edgevlm_mlp_int8_supported()) return -1;
     const int items = (m + MB - 1) / MB;
-    if (threads < 1) threads = 1;
-    if (threads > 64) threads = 64;
-    if (threads > items) threads = items;
+    threads = worker_count(threads, items);
     int next = 0;
-    job_t jobs[64];
+    job_t jobs[MAX_WORKERS];
     const layer_t fc1 = {w1, cs1, s1, b1, k1, n1, padded(k1, 4), padded(n1, NR)};
     const layer_t fc2 = {w2, cs2, s2, b2, n1, n2, padded(n1, NR), padded(n2, NR)};
     const layer_t o = {wo, cso, so, bo, ko, n2, padded(ko > 0 ? ko : 1, 4), padded(n2, NR)};

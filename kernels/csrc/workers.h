@@ -1,6 +1,7 @@
-/* Start a kernel call's helper threads on the CPUs the caller is not on.
+/* What both kernels share: their CPU check, and starting a call's helper threads on the CPUs the
+ * caller is not on.
  *
- * Why: right after the machine has been idle, a new thread lands on the caller's own CPU (the
+ * Why the placement: right after the machine has been idle, a new thread lands on the caller's own CPU (the
  * other CPU looks idle and wake-affine placement keeps it close), and the two share one core until
  * the load balancer moves one, milliseconds later. Measured on the 2-core VM after a 0.25 s idle:
  * a SmolVLM tile +15-26 ms, all of it in the first layers' kernel calls. Restricting each helper to
@@ -12,13 +13,29 @@
 #include <pthread.h>
 #include <sched.h>
 
+#define MAX_WORKERS 64
+
+/* The threads a call uses: what was asked, at least 1, at most MAX_WORKERS and the work items. */
+static inline int worker_count(int threads, int items) {
+    if (threads > MAX_WORKERS) threads = MAX_WORKERS;
+    if (threads > items) threads = items;
+    return threads < 1 ? 1 : threads;
+}
+
+/* AVX-512 F/BW/VL/DQ, which both kernels need besides their own extension. */
+static inline int has_avx512_core(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
 /* Run fn(arg_of(t, ctx)) for t in 0..n-1: t = 0 on the calling thread, the others on helper
  * threads started as above, and wait for them. A helper that cannot start (or an affinity that
  * cannot be set) is not an error: the kernels share their work items dynamically. */
 static void run_workers(int n, void *(*fn)(void *), void *(*arg_of)(int, void *), void *ctx) {
-    pthread_t tid[64];
-    char started[64] = {0};
-    if (n > 64) n = 64;
+    pthread_t tid[MAX_WORKERS];
+    char started[MAX_WORKERS] = {0};
+    if (n > MAX_WORKERS) n = MAX_WORKERS;
 #if defined(__linux__) && defined(__GLIBC__)
     cpu_set_t others;
     int use_affinity = 0, me = sched_getcpu();
