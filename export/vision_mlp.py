@@ -6,15 +6,19 @@ One MLP, as `quantize_dynamic` writes it (each linear six nodes), ending in the 
     x -> DynamicQuantizeLinear -> MatMulInteger(W1 int8) -> Cast -> Mul(scales) -> Add(b1)  (+ the
          scales' Mul) -> FastGelu -> the same six nodes with W2, b2 -> Add(residual) -> out
 
+Where the MLP's input is LayerNorm(h), h = residual + o_proj(attention) and those nodes come
+right before it, they join the stage too (the kernel's PreNorm), from the MultiHeadAttention on.
+
 Only weights the bundle packs at 4 bit (edgevlm.runtime.packed_weights) qualify: the runtime
 rebuilds their int8 values from the store, bit for bit, so nothing is shipped twice. The biases
-go to a small data file of their own (the parts no longer hold them).
+and norm weights go to a small data file of their own (the parts no longer hold them).
 """
 
 from __future__ import annotations
 
 import onnx
 from onnx import helper, numpy_helper
+
 
 def _linear(y: str, nodes: list, producer: dict, inits: dict, packed: set[str]):
     """The six nodes of a dynamically quantized linear giving `y`: (node ids, x, the int8 weight's
@@ -107,8 +111,9 @@ def _pre_norm(stage: dict, start: int, nodes: list, producer: dict, readers: dic
               packed: set[str]) -> int | None:
     """Where the MLP's input is LayerNorm(h), h = its residual = r + o_proj(attention), and those
     nodes and the MultiHeadAttention come right before it and feed nothing else: fold them into
-    the stage ("attention", "o_proj", "norm"; the residual becomes r) and return the attention's
-    node id; else None and the stage is left alone."""
+    the stage ("attention": {"out"}, whose node export/vision_split.py describes in full; "o_proj",
+    "norm"; the residual becomes r) and return the attention's node id; else None and the stage is
+    left alone."""
     ln_i = producer.get(stage["x"])
     if ln_i is None or ln_i != start - 1 or readers.get(stage["x"]) != 1:
         return None
@@ -127,14 +132,12 @@ def _pre_norm(stage: dict, start: int, nodes: list, producer: dict, readers: dic
     else:
         return None
     mha_i = producer.get(o[1])
-    if (sorted(o[0]) != list(range(mha_i + 1, add_i)) if mha_i is not None else True) or readers.get(o[1]) != 1:
-        return None
-    mha = nodes[mha_i]
-    if (mha.domain, mha.op_type) != ("com.microsoft", "MultiHeadAttention"):
+    if (mha_i is None or (nodes[mha_i].domain, nodes[mha_i].op_type) != ("com.microsoft", "MultiHeadAttention")
+            or sorted(o[0]) != list(range(mha_i + 1, add_i)) or readers.get(o[1]) != 1):
         return None
     if any(readers.get(x, 0) != 1 for i in o[0] for x in nodes[i].output if x != y):
         return None
     stage.pop("x")
-    stage.update(residual=r, attention={"node": mha.name, "out": o[1]}, o_proj={"weight": o[2], "bias": o[3]},
+    stage.update(residual=r, attention={"out": o[1]}, o_proj={"weight": o[2], "bias": o[3]},
                  norm={"gamma": ln.input[1], "beta": ln.input[2], "epsilon": float(attrs.get("epsilon", 1e-5))})
     return mha_i

@@ -68,21 +68,18 @@ def split_graph(path: Path, width: int, packed: set[str] = frozenset()) -> dict:
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)  # weights stay where they are
     graph = model.graph
-    heads = [i for i, n in enumerate(graph.node) if (n.domain, n.op_type) == MHA]
-    attention = [dict(kind="attention", **_attention_spec(graph.node[i], width)) for i in heads]
-    if not heads or any(width % a["num_heads"] or width // a["num_heads"] not in HEAD_DIMS for a in attention):
+    heads = {i: _attention_spec(n, width) for i, n in enumerate(graph.node) if (n.domain, n.op_type) == MHA}
+    if not heads or any(width % a["num_heads"] or width // a["num_heads"] not in HEAD_DIMS for a in heads.values()):
         raise EdgeVLMError(f"{path.name}: no MultiHeadAttention with heads of {' or '.join(map(str, HEAD_DIMS))} "
                            "to cut at")
     mlps = find_mlps(graph, set(packed))
-    by_name = {graph.node[i].name: a for i, a in zip(heads, attention)}
-    for _, _, stage in mlps:  # an MLP stage that starts from its layer's attention runs it too
+    for first, _, stage in mlps:  # an MLP stage that starts from its layer's attention (node `first`) runs it too
         if "attention" in stage:
-            spec = dict(by_name[stage["attention"]["node"]])
-            spec.pop("kind")
-            stage["attention"] = spec
-    inside = {a for a, _, _ in mlps}
+            stage["attention"] = heads[first]
+    inside = {first for first, _, _ in mlps}
     # (first node, last node, stage), in graph order
-    cuts = sorted([(i, i, a) for i, a in zip(heads, attention) if i not in inside] + mlps, key=lambda c: c[0])
+    cuts = sorted([(i, i, dict(kind="attention", **a)) for i, a in heads.items() if i not in inside] + mlps,
+                  key=lambda c: c[0])
     stages = [c[2] for c in cuts]
     bounds = [(-1, -1)] + [(a, b) for a, b, _ in cuts] + [(len(graph.node), len(graph.node))]
     segments = [list(graph.node[prev[1] + 1:nxt[0]]) for prev, nxt in zip(bounds, bounds[1:])]
@@ -220,7 +217,7 @@ def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0, packe
 
     from edgevlm.runtime import attention_kernel, mlp_kernel
     from edgevlm.runtime.mlp_weights import mlp_layers
-    from edgevlm.runtime.vision_split import SplitVision
+    from edgevlm.runtime.vision_split import SplitVision, missing_kernels
 
     def session(p):
         return _session(str(p), threads)
@@ -247,7 +244,7 @@ def check_split(graph: Path, spec: dict, tile_size: int, threads: int = 0, packe
     if not entry["cut_rel_rms"] <= CUT_TOLERANCE:
         raise EdgeVLMError(f"{graph.name} cut at its attention and MLP nodes disagrees with the whole graph: "
                            f"relative RMS {entry['cut_rel_rms']:.2e} > {CUT_TOLERANCE:g}")
-    why = [w for ok, w in (attention_kernel.available(), mlp_kernel.available()) if not ok]
+    why = missing_kernels(spec)
     if not why:
         layers = mlp_layers(graph.parent, packed, spec, stages)
 

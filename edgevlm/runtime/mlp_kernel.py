@@ -1,9 +1,10 @@
 """Our int8 vision MLP kernel (kernels/csrc/mlp_int8.c), loaded with ctypes, and its numpy
 reference.
 
-out = residual + fc2(gelu_tanh(fc1(x))) with int8 weights (the bundle's per-channel ones) and
-uint8 activations quantized per row, in one call: ONNX Runtime runs the same as four ops with the
-[N, 3072] fp32 activation going through memory between them.
+out = residual + fc2(gelu_tanh(fc1(x))), or, from an attention's output, the whole rest of the
+layer (PreNorm: o_proj, residual, LayerNorm, then the MLP), with int8 weights (the bundle's
+per-channel ones) and uint8 activations quantized per row, in one call: ONNX Runtime runs the same
+op by op with the [N, 3072] fp32 activation going through memory between them.
 
 Like the attention kernel, the library is an optional extension: `available()` says why it cannot
 run here, and callers then run the whole vision graph on ONNX Runtime.
@@ -56,11 +57,11 @@ def panel() -> int:
     return int(lib.edgevlm_mlp_int8_panel()) if lib is not None else 64
 
 
-def _up(v: int, to: int) -> int:
+def round_up(v: int, to: int) -> int:
     return -(-v // to) * to
 
 
-def _aligned_int8(size: int) -> np.ndarray:
+def aligned_int8(size: int) -> np.ndarray:
     """A zeroed int8 array whose data starts on a 64-byte boundary (the kernel's aligned loads)."""
     raw = np.zeros(size + 64, np.int8)
     start = -raw.ctypes.data % 64
@@ -69,8 +70,8 @@ def _aligned_int8(size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PackedLinear:
-    """One int8 linear layer in the kernel's layout: w [Np/64][Kp/4][64][4] int8, and per output
-    channel (zero past n) the column sums of w, the weight scales and the bias."""
+    """One int8 linear layer in the kernel's layout: w [Np/NR][Kp/4][NR][4] int8 (NR = panel()), and
+    per output channel (zero past n) the column sums of w, the weight scales and the bias."""
     w: np.ndarray
     colsum: np.ndarray  # [Np] int32
     scale: np.ndarray  # [Np] float32
@@ -97,7 +98,7 @@ class PreNorm:
 
 def packed_size(k: int, n: int, k_multiple: int = 4) -> int:
     """Bytes of pack_linear's w for a [k, n] weight."""
-    return _up(k, k_multiple) * _up(n, panel())
+    return round_up(k, k_multiple) * round_up(n, panel())
 
 
 def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple: int = 4,
@@ -111,8 +112,8 @@ def pack_linear(q8: np.ndarray, scale: np.ndarray, bias: np.ndarray, k_multiple:
         raise MLPError(f"an int8 linear needs q8 [K, N] int8 with scale and bias [N], got {q8.shape} "
                        f"{q8.dtype}, {scale.shape}, {bias.shape}")
     nr = panel()
-    kp, np_ = _up(k, k_multiple), _up(n, nr)
-    w = _aligned_int8(kp * np_) if into is None else into
+    kp, np_ = round_up(k, k_multiple), round_up(n, nr)
+    w = aligned_int8(kp * np_) if into is None else into
     if w.size != kp * np_ or w.dtype != np.int8 or w.ctypes.data % 64:
         raise MLPError(f"pack_linear needs {kp * np_} aligned int8 bytes to write into, got {w.size} {w.dtype}")
     colsum = np.zeros(np_, np.int32)

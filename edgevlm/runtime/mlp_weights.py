@@ -1,6 +1,7 @@
-"""The int8 MLP kernel's weights for a split vision graph, built at load from the bundle's 4-bit
-store (the same int8 values the graph's MatMulInteger would read, bit for bit) and its MLP bias
-file (GRAPH.mlp.data: float32 biases end to end; each stage gives its offset and length)."""
+"""The int8 layer kernel's weights for a split vision graph, built at load from the bundle's 4-bit
+store (the same int8 values the graph's MatMulInteger would read, bit for bit) and its MLP data
+file (GRAPH.mlp.data: float32 biases and norm weights end to end; each stage gives the offsets and
+lengths)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from edgevlm.errors import BundleError
-from edgevlm.runtime.mlp_kernel import PackedLinear, PreNorm, pack_linear, packed_size, panel
+from edgevlm.runtime.mlp_kernel import (PackedLinear, PreNorm, aligned_int8, pack_linear, packed_size, panel,
+                                        round_up)
 from edgevlm.runtime.packed_weights import open_store, tensor_int8
 
 
@@ -38,10 +40,9 @@ def mlp_layers(where: Path, packed: dict | None, spec: dict, stages: list[dict],
     # where a second load in the same process (edgevlm bench) left them fragmented: peak RSS +30 MB.
     sizes = [packed_size(by_name[mlps[i][fc]["weight"]]["k"], by_name[mlps[i][fc]["weight"]]["n"], m)
              for i, fc, m in jobs]
-    ends = np.cumsum([_up64(s) for s in sizes])
-    block = np.empty(int(ends[-1]) + 64, np.int8)
-    start = -block.ctypes.data % 64
-    slots = [block[start + int(e) - _up64(s):start + int(e) - _up64(s) + s] for e, s in zip(ends, sizes)]
+    starts = np.cumsum([0] + [round_up(s, 64) for s in sizes])  # each slot 64-byte aligned
+    block = aligned_int8(int(starts[-1]))
+    slots = [block[int(a):int(a) + s] for a, s in zip(starts, sizes)]
     # numpy lets go of the GIL in its loops: the layers unpack side by side (SmolVLM: 150 -> 90 ms)
     with ThreadPoolExecutor(max(1, min(threads, 8))) as pool:
         built = list(pool.map(lambda js: _linear(data, by_name, raw, mlps[js[0][0]][js[0][1]], js[0][2], biases.name,
@@ -68,10 +69,6 @@ def _pre_norm(raw: np.ndarray, stage: dict, o_proj: PackedLinear, bias_file: str
     norm = stage["norm"]
     return PreNorm(o_proj, _floats(raw, norm["gamma_offset"], norm["n"], "norm's gamma", bias_file),
                    _floats(raw, norm["beta_offset"], norm["n"], "norm's beta", bias_file), float(norm["epsilon"]))
-
-
-def _up64(size: int) -> int:
-    return -(-size // 64) * 64
 
 
 def _linear(data, by_name: dict, raw: np.ndarray, fc: dict, k_multiple: int, bias_file: str,

@@ -22,7 +22,7 @@ from edgevlm.onnx_safety import check_external_data
 from edgevlm.runtime import attention_kernel, mlp_kernel
 from edgevlm.runtime.mlp_weights import mlp_layers
 from edgevlm.runtime.packed_weights import unpacked_graph
-from edgevlm.runtime.vision_split import SplitVision, check_split_spec
+from edgevlm.runtime.vision_split import SplitVision, check_split_spec, missing_kernels
 
 
 @dataclass(frozen=True)
@@ -129,15 +129,11 @@ def _split_entry(bundle: Bundle, graph: str, opts: RuntimeOptions):
             raise ConfigError("--vision-attention bf16 needs a bundle whose vision graph is cut for the "
                               "kernel (edgevlm export --attention fused --quant int8|int4|mixed), as .onnx")
         return None
-    kernels = [attention_kernel.available()]
-    stages = split.get("stages") if isinstance(split, dict) else None
-    if isinstance(stages, list) and any(isinstance(st, dict) and st.get("kind") == "mlp" for st in stages):
-        kernels.append(mlp_kernel.available())
-    for ok, why in kernels:
-        if not ok:
-            if opts.vision_attention == "bf16":
-                raise ConfigError(f"--vision-attention bf16 is not available here: {why}")
-            return None
+    missing = missing_kernels(split)
+    if missing:
+        if opts.vision_attention == "bf16":
+            raise ConfigError(f"--vision-attention bf16 is not available here: {missing[0]}")
+        return None
     return split
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from edgevlm.errors import BundleError
+from edgevlm.runtime import attention_kernel, mlp_kernel
 
 # attend(q, k, v, num_heads, scale, q_free) -> out, all float32 [B, N, H*hd]; q_free: no later
 # stage reads q, so the result may overwrite it
@@ -29,6 +30,16 @@ def stage_inputs(stage: dict) -> tuple[str, ...]:
     if "attention" in stage:
         return stage["attention"]["q"], stage["attention"]["k"], stage["attention"]["v"], stage["residual"]
     return stage["x"], stage["residual"]
+
+
+def missing_kernels(spec) -> list[str]:
+    """Why the kernels a split entry needs cannot run here (empty where they all can): the bf16
+    attention always, the int8 layer kernel where there are MLP stages. `spec` may be unchecked."""
+    stages = spec.get("stages") if isinstance(spec, dict) else None
+    needed = [attention_kernel]
+    if isinstance(stages, list) and any(isinstance(s, dict) and s.get("kind") == "mlp" for s in stages):
+        needed.append(mlp_kernel)
+    return [why for ok, why in (kernel.available() for kernel in needed) if not ok]
 
 
 def _good_attention(node) -> bool:
