@@ -17,7 +17,7 @@ def kernel(name: str) -> Extension:
     return Extension(
         f"edgevlm.runtime._{name}",
         sources=[f"kernels/csrc/{name}.c"],
-        depends=["kernels/csrc/workers.h"],
+        depends=["kernels/csrc/workers.h", "kernels/csrc/exp2.h"],
         extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
         extra_link_args=["-lpthread", "-lm"],
         optional=True,

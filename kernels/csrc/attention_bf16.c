@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp2.h"
 #include "workers.h"
 
 #define DMAX 64 /* head sizes 32 and 64 */
@@ -30,19 +31,8 @@ typedef uint16_t bf16;
 /* Only the kernel is compiled for AVX-512: the entry point must run (and refuse) on any x86-64. */
 #define KERNEL __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
-/* 2^x for x <= 0 (x below -127, -inf included, gives 2^-127: nothing beside a real term): x = n + f, f in [0, 1), 2^f by a degree-3 polynomial
- * (max relative error 7.6e-5, fitted for this kernel; the probabilities are then rounded to bf16,
- * whose step is 3.9e-3, so more terms would not change the result). */
-static inline KERNEL __m512 exp2_neg(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(7.8030035e-2f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.2607303e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9582373e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9992681e-1f));
-    return _mm512_scalef_ps(p, n);
-}
+/* 2^x for x <= 0 (exp2.h; x below -127, -inf included, gives 2^-127: nothing beside a real term). */
+static inline KERNEL __m512 exp2_neg(__m512 x) { return exp2_core(_mm512_max_ps(x, _mm512_set1_ps(-127.0f))); }
 
 /* The maxima of four vectors at once: lanes 4r..4r+3 of the result all hold max(a_r). */
 static inline KERNEL __m512 max4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp2.h"
 #include "workers.h"
 
 #ifndef MR
@@ -103,17 +104,9 @@ static inline KERNEL void micro(const uint8_t *a, int lda, const int8_t *w, int 
     EACH(STORE)
 }
 
-/* 2^x, x clamped to [-126, 126]: x = n + f, 2^f by a degree-3 polynomial (rel. error 7.6e-5; the
- * GELU output is quantized to 8 bit right after, a step of 1/255 of its row's range). */
+/* 2^x, x clamped to [-126, 126] (exp2.h). */
 static inline KERNEL __m512 exp2_poly(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-126.0f)), _mm512_set1_ps(126.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(7.8030035e-2f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.2607303e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9582373e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9992681e-1f));
-    return _mm512_scalef_ps(p, n);
+    return exp2_core(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-126.0f)), _mm512_set1_ps(126.0f)));
 }
 
 /* gelu_tanh(v) = 0.5 v (1 + tanh(u)) = v / (1 + e^(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3) */
